@@ -1,0 +1,72 @@
+"""Data layer: image decoding, RLE masks, categories, COCO loading, targets, transforms, synthetic data.
+
+Pure numpy/PIL/pycocotools/torch; no Ray, no MLflow.
+"""
+
+from mrcnn.data.categories import Category, CategoryMap
+from mrcnn.data.coco import (
+    AnnotationRecord,
+    CocoLoadResult,
+    ImageRecord,
+    RecordError,
+    Reject,
+    load_coco,
+    validate_annotation,
+)
+from mrcnn.data.dataset import (
+    CocoInstanceDataset,
+    build_target,
+    build_target_from_columns,
+    collate_detection,
+    image_to_tensor,
+)
+from mrcnn.data.images import ImageDecodeError, decode_image, image_size, load_image
+from mrcnn.data.masks import (
+    SegmentationError,
+    mask_to_rle,
+    masks_to_rles,
+    rle_area,
+    rle_to_bbox_xyxy,
+    rle_to_mask,
+    rles_to_masks,
+    segmentation_to_rle,
+)
+from mrcnn.data.synthetic import SHAPE_CLASSES, make_synthetic_coco, render_synthetic_image, synthetic_categories
+from mrcnn.data.transforms import Compose, RandomHorizontalFlip, Resize, resized_shape
+
+__all__ = [
+    "AnnotationRecord",
+    "Category",
+    "CategoryMap",
+    "CocoInstanceDataset",
+    "CocoLoadResult",
+    "Compose",
+    "ImageDecodeError",
+    "ImageRecord",
+    "RandomHorizontalFlip",
+    "RecordError",
+    "Reject",
+    "Resize",
+    "SHAPE_CLASSES",
+    "SegmentationError",
+    "build_target",
+    "build_target_from_columns",
+    "collate_detection",
+    "decode_image",
+    "image_size",
+    "image_to_tensor",
+    "load_coco",
+    "load_image",
+    "make_synthetic_coco",
+    "mask_to_rle",
+    "masks_to_rles",
+    "render_synthetic_image",
+    "resized_shape",
+    "rle_area",
+    "rle_to_bbox_xyxy",
+    "rle_to_mask",
+    "rles_to_masks",
+    "segmentation_to_rle",
+    "synthetic_categories",
+    "validate_annotation",
+]

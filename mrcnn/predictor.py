@@ -1,0 +1,149 @@
+"""The predictor: images in, detections with RLE masks out. Batch segmentation and Serve both use it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mrcnn.checkpoint import Checkpoint, load_checkpoint
+from mrcnn.config import Config
+from mrcnn.data.categories import CategoryMap
+from mrcnn.data.dataset import image_to_tensor
+from mrcnn.data.images import load_image
+from mrcnn.data.masks import masks_to_rles
+from mrcnn.modeling import MaskRCNN
+from mrcnn.records import detection_record
+
+
+def detections_to_records(
+    detection: dict[str, Tensor],
+    categories: CategoryMap,
+    *,
+    mask_threshold: float = 0.5,
+    max_detections: int | None = None,
+) -> list[dict[str, Any]]:
+    """One image's model output as detection records (``mrcnn.records.DETECTION_FIELDS``), best first.
+
+    Args:
+        detection: ``boxes`` [D, 4] XYXY, ``scores`` [D], ``labels`` [D], optional ``masks`` [D, 1, H, W]
+            probabilities, all on the CPU.
+        mask_threshold: probability at which a pixel belongs to the instance.
+    """
+    num = len(detection["scores"]) if max_detections is None else min(max_detections, len(detection["scores"]))
+    boxes = detection["boxes"][:num].tolist()
+    scores = detection["scores"][:num].tolist()
+    labels = detection["labels"][:num].tolist()
+    rles: list[dict[str, Any] | None] = [None] * num
+    areas = [0.0] * num
+    if "masks" in detection and num:
+        binary = (detection["masks"][:num, 0] >= mask_threshold).numpy().astype(np.uint8)  # [D, H, W]
+        rles = masks_to_rles(binary)
+        areas = binary.reshape(num, -1).sum(axis=1).astype(float).tolist()
+    return [
+        detection_record(
+            label=label,
+            category_id=categories.category_id_of(label),
+            category_name=categories.name_of_label(label),
+            score=score,
+            box_xyxy=box,
+            segmentation=rle,
+            area=area,
+        )
+        for label, score, box, rle, area in zip(labels, scores, boxes, rles, areas)
+    ]
+
+
+class Predictor:
+    """Runs a Mask R-CNN in eval mode and turns its output into detection records.
+
+    Args:
+        model: the network (put into eval mode here).
+        config: its config (for the record of what is served).
+        categories: label <-> category id <-> name.
+        device: where the model runs.
+        score_threshold: detections below this class score are dropped (inside the model, before the mask head).
+        mask_threshold: mask probability at which a pixel belongs to the instance.
+        autocast_dtype: run under ``torch.autocast`` with this dtype (e.g. torch.bfloat16 on a GPU).
+    """
+
+    def __init__(
+        self,
+        model: MaskRCNN,
+        *,
+        config: Config,
+        categories: CategoryMap,
+        device: str | torch.device = "cpu",
+        score_threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        autocast_dtype: torch.dtype | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.config = config
+        self.categories = categories
+        self.score_threshold = score_threshold
+        self.mask_threshold = mask_threshold
+        self.autocast_dtype = autocast_dtype
+        self.metadata = dict(metadata or {})
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, arch: str | None = None, **kwargs: Any) -> "Predictor":
+        """Load this project's checkpoint or a bare torchvision state dict (``arch`` names its preset)."""
+        checkpoint: Checkpoint = load_checkpoint(path, arch=arch)
+        return cls(
+            checkpoint.build_model(),
+            config=checkpoint.config,
+            categories=checkpoint.categories,
+            metadata={**checkpoint.metadata, "checkpoint": str(path), "source_format": checkpoint.source_format},
+            **kwargs,
+        )
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @torch.inference_mode()
+    def predict_raw(self, images: Sequence[np.ndarray], *, score_threshold: float | None = None) -> list[dict[str, Tensor]]:
+        """The model's detections (tensors, on the CPU) for a batch of HxWx3 uint8 RGB images."""
+        roi_heads = self.model.roi_heads
+        previous = roi_heads.score_thresh
+        roi_heads.score_thresh = self.score_threshold if score_threshold is None else score_threshold
+        try:
+            tensors = [image_to_tensor(img).to(self.device) for img in images]
+            with self._autocast():
+                detections = self.model(tensors).detections
+        finally:
+            roi_heads.score_thresh = previous
+        return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in d.items()} for d in detections]
+
+    def predict(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """Detections for each image, best first, as records (see ``mrcnn.records.DETECTION_FIELDS``).
+
+        Args:
+            images: HxWx3 uint8 RGB arrays (any sizes).
+            score_threshold: overrides the predictor's threshold for this call.
+            max_detections: keep at most this many per image.
+        """
+        raw = self.predict_raw(images, score_threshold=score_threshold)
+        return [
+            detections_to_records(d, self.categories, mask_threshold=self.mask_threshold, max_detections=max_detections)
+            for d in raw
+        ]
+
+    def predict_files(self, paths: Sequence[str | os.PathLike], **kwargs: Any) -> list[list[dict[str, Any]]]:
+        """``predict`` on image files (decoded with EXIF orientation, any mode -> RGB)."""
+        return self.predict([load_image(Path(p)) for p in paths], **kwargs)

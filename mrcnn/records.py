@@ -1,0 +1,76 @@
+"""Record schemas defined once: the Parquet shard row and the detection record.
+
+The target dict given to the model is built in ``mrcnn.data.dataset.build_target_from_columns``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# One row per image in the Parquet shards (see DESIGN.md, "Data contract"). name -> arrow type.
+SHARD_COLUMNS: dict[str, str] = {
+    "image_id": "int64",
+    "file_name": "string",
+    "height": "int32",
+    "width": "int32",
+    "image": "binary",
+    "boxes": "list<list<float32>[4]>",
+    "labels": "list<int32>",
+    "category_ids": "list<int32>",
+    "masks_rle": "list<string>",
+    "iscrowd": "list<int8>",
+    "area": "list<float32>",
+}
+
+# One detected instance, as the predictor, batch segmentation and the endpoint return it.
+DETECTION_FIELDS: tuple[str, ...] = (
+    "label",  # int, contiguous 1..K
+    "category_id",  # int, the dataset's category id
+    "category_name",  # str
+    "score",  # float, class probability
+    "box_xyxy",  # [x1, y1, x2, y2], absolute pixels of the original image
+    "bbox",  # [x, y, w, h], COCO convention
+    "segmentation",  # {"size": [H, W], "counts": str}, COCO compressed RLE
+    "area",  # float, mask pixel count
+)
+
+
+def detection_record(
+    *,
+    label: int,
+    category_id: int,
+    category_name: str,
+    score: float,
+    box_xyxy: list[float],
+    segmentation: dict[str, Any] | None,
+    area: float,
+) -> dict[str, Any]:
+    """One detection as a json-ready dict with the fields of ``DETECTION_FIELDS``."""
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+    return {
+        "label": int(label),
+        "category_id": int(category_id),
+        "category_name": category_name,
+        "score": float(score),
+        "box_xyxy": [x1, y1, x2, y2],
+        "bbox": [x1, y1, x2 - x1, y2 - y1],
+        "segmentation": segmentation,
+        "area": float(area),
+    }
+
+
+def coco_result(detection: dict[str, Any], *, image_id: int | None, file_name: str | None = None) -> dict[str, Any]:
+    """A detection as a COCO results-json record (``bbox`` XYWH, ``segmentation`` compressed RLE)."""
+    record: dict[str, Any] = {}
+    if file_name is not None:
+        record["file_name"] = file_name
+    if image_id is not None:
+        record["image_id"] = int(image_id)
+    record.update(
+        category_id=detection["category_id"],
+        bbox=[round(v, 2) for v in detection["bbox"]],
+        score=round(detection["score"], 5),
+    )
+    if detection.get("segmentation") is not None:
+        record["segmentation"] = detection["segmentation"]
+    return record

@@ -1,0 +1,270 @@
+"""The ``mrcnn`` command line. Verbs and flags here are the public interface.
+
+Heavy imports (torch, Ray, MLflow) happen inside each verb, so ``mrcnn --help`` is instant and the
+light verbs never import Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _expand_images(inputs: Sequence[str]) -> list[Path]:
+    """Files as given; folders expanded to the images they contain (sorted)."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise CLIError(f"{path}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths.extend(found)
+        else:
+            paths.append(path)
+    return paths
+
+
+def _write_json(path: str | os.PathLike, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- synth
+def cmd_synth(args: argparse.Namespace) -> int:
+    from mrcnn.data.synthetic import make_synthetic_coco
+
+    info = make_synthetic_coco(args.out_dir, num_train=args.train, num_val=args.val, size=args.size, seed=args.seed)
+    for split in ("train", "val"):
+        s = info[split]
+        print(f"{split}: {s['num_images']} images, {s['num_annotations']} instances -> {s['annotations']}")
+    return 0
+
+
+# ---------------------------------------------------------------- predict
+def _load_predictor(weights: str, arch: str | None, device: str, score_threshold: float | None):
+    from mrcnn.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(weights, arch=arch, device=device)
+    if score_threshold is not None:
+        predictor.score_threshold = score_threshold
+    return predictor
+
+
+def _predict_images(predictor, paths: list[Path], *, batch_size: int, image_ids: dict[str, int], overlay_dir: str | None):
+    """Predict every readable image; returns (COCO results, skipped [(path, reason)])."""
+    from PIL import Image
+
+    from mrcnn.data.images import ImageDecodeError, load_image
+    from mrcnn.records import coco_result
+    from mrcnn.visualize import draw_detections
+
+    results: list[dict[str, Any]] = []
+    skipped: list[tuple[Path, str]] = []
+    for start in range(0, len(paths), batch_size):
+        batch_paths, batch_images = [], []
+        for path in paths[start : start + batch_size]:
+            try:
+                batch_images.append(load_image(path))
+                batch_paths.append(path)
+            except ImageDecodeError as exc:
+                skipped.append((path, str(exc)))
+        if not batch_images:
+            continue
+        for path, image, detections in zip(batch_paths, batch_images, predictor.predict(batch_images)):
+            for det in detections:
+                results.append(coco_result(det, image_id=image_ids.get(path.name), file_name=path.name))
+            if overlay_dir:
+                Path(overlay_dir).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(draw_detections(image, detections)).save(Path(overlay_dir) / f"{path.stem}.png")
+            print(f"{path}: {len(detections)} instances", file=sys.stderr)
+    return results, skipped
+
+
+def _image_ids_from(annotations: str | None) -> dict[str, int]:
+    if not annotations:
+        return {}
+    from mrcnn.evaluation import load_coco_gt
+
+    gt = load_coco_gt(annotations)
+    return {Path(img["file_name"]).name: img["id"] for img in gt.dataset["images"]}
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    paths = _expand_images(args.images)
+    predictor = _load_predictor(args.weights, args.arch, args.device, args.score_threshold)
+    results, skipped = _predict_images(
+        predictor,
+        paths,
+        batch_size=args.batch_size,
+        image_ids=_image_ids_from(args.annotations),
+        overlay_dir=args.overlay_dir,
+    )
+    _write_json(args.out, results)
+    print(f"{len(results)} detections on {len(paths) - len(skipped)} images -> {args.out}")
+    for path, reason in skipped:
+        print(f"mrcnn: error: skipped {reason}", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+# ---------------------------------------------------------------- eval
+def _attach_image_ids(results: list[dict[str, Any]], gt, source: str) -> list[dict[str, Any]]:
+    """Fill ``image_id`` from ``file_name`` for records that only name their file."""
+    by_name = {Path(img["file_name"]).name: img["id"] for img in gt.dataset["images"]}
+    for index, record in enumerate(results):
+        if "image_id" not in record:
+            name = Path(str(record.get("file_name", ""))).name
+            if name not in by_name:
+                raise CLIError(f"{source}: record {index} has no image_id and file_name {name!r} is not in the ground truth")
+            record["image_id"] = by_name[name]
+    return results
+
+
+def _print_metrics(metrics: dict[str, Any], as_json: bool) -> None:
+    from mrcnn.evaluation import STAT_NAMES, format_metrics_table
+
+    if as_json:
+        print(json.dumps({t: {k: m[k] for k in STAT_NAMES} | {"per_category": m["per_category"]} for t, m in metrics.items()}))
+    else:
+        print(format_metrics_table(metrics))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mrcnn.evaluation import evaluate_coco, load_coco_gt
+
+    if args.predictions:
+        if not args.gt:
+            raise CLIError("eval --predictions needs --gt ANN.json")
+        gt = load_coco_gt(args.gt)
+        path = Path(args.predictions)
+        if not path.is_file():
+            raise CLIError(f"{path}: no such file")
+        try:
+            results = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CLIError(f"{path}: not valid json ({exc})") from None
+        if not isinstance(results, list):
+            raise CLIError(f"{path}: expected a COCO results list, got {type(results).__name__}")
+        metrics = evaluate_coco(gt, _attach_image_ids(results, gt, str(path)))
+    else:
+        if not (args.weights and (args.annotations or args.gt) and args.images):
+            raise CLIError("eval needs either --gt and --predictions, or --weights, --annotations and --images")
+        annotations = args.annotations or args.gt
+        gt = load_coco_gt(annotations)
+        predictor = _load_predictor(args.weights, args.arch, args.device, args.score_threshold)
+        if args.score_threshold is None:
+            predictor.score_threshold = predictor.config.model.box_head.score_thresh
+        image_dir = Path(args.images)
+        if not image_dir.is_dir():
+            raise CLIError(f"{image_dir}: no such folder")
+        paths = [image_dir / img["file_name"] for img in gt.dataset["images"]]
+        results, skipped = _predict_images(
+            predictor, paths, batch_size=args.batch_size, image_ids=_image_ids_from(annotations), overlay_dir=None
+        )
+        for path, reason in skipped:
+            print(f"mrcnn: warning: skipped {reason}", file=sys.stderr)
+        metrics = evaluate_coco(gt, results)
+    _print_metrics(metrics, args.json)
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_demo
+
+    summary = run_demo(workdir=args.workdir, minutes=args.minutes, seed=args.seed, num_train=args.train, num_val=args.val)
+    print(json.dumps(summary))
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mrcnn", description="Mask R-CNN: train, evaluate and segment.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write the synthetic COCO-format shapes dataset")
+    p.add_argument("out_dir")
+    p.add_argument("--train", type=int, default=200, help="training images (default 200)")
+    p.add_argument("--val", type=int, default=50, help="validation images (default 50)")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("predict", help="segment images; write COCO results json (and overlays)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--weights", required=True, help="mrcnn checkpoint or torchvision state-dict file")
+    p.add_argument("--arch", help="preset of a bare torchvision state dict (r50_fpn, r50_fpn_v2, r101_fpn, ...)")
+    p.add_argument("--score-threshold", type=float, default=0.5)
+    p.add_argument("--out", required=True, help="COCO results json to write")
+    p.add_argument("--overlay-dir", help="write PNGs with the masks drawn here")
+    p.add_argument("--annotations", help="COCO json giving each file's image_id")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("eval", help="COCO bbox + segm evaluation of predictions or of a model")
+    p.add_argument("--gt", help="ground-truth COCO instances json")
+    p.add_argument("--predictions", help="COCO results json")
+    p.add_argument("--weights", help="evaluate this model instead (needs --annotations and --images)")
+    p.add_argument("--annotations", help="ground-truth json for --weights")
+    p.add_argument("--images", help="image folder for --weights")
+    p.add_argument("--arch")
+    p.add_argument("--score-threshold", type=float, default=None, help="default: the model's (0.05)")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="end to end on the embedded default: data, train, evaluate, segment")
+    p.add_argument("--workdir", default="mrcnn-demo", help="everything goes under this folder")
+    p.add_argument("--minutes", type=float, default=8.0, help="training budget in minutes")
+    p.add_argument("--train", type=int, default=400, help="synthetic training images")
+    p.add_argument("--val", type=int, default=100, help="synthetic validation images")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("batch_size", "train", "size"):
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise CLIError(f"--{name.replace('_', '-')}: expected a positive number, got {value}")
+    threshold = getattr(args, "score_threshold", None)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise CLIError(f"--score-threshold: expected a value in [0, 1], got {threshold}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _check_args(args)
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("mrcnn: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for the user; MRCNN_DEBUG=1 shows the traceback
+        if os.environ.get("MRCNN_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        known = (CLIError, ValueError, FileNotFoundError, OSError)
+        prefix = "" if isinstance(exc, known) else f"{type(exc).__name__}: "
+        print(f"mrcnn: error: {prefix}{message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

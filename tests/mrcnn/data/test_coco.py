@@ -1,0 +1,205 @@
+"""load_coco: every bad record is rejected with its reason; every good one survives."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+
+from mrcnn.data.categories import CategoryMap
+from mrcnn.data.coco import RecordError, load_coco, validate_annotation
+from mrcnn.data.masks import rle_to_bbox_xyxy
+
+from .conftest import COCO_MINI_DIR, COCO_MINI_JSON, CROWD_IMAGE_IDS
+
+
+def _coco_mini() -> dict:
+    return json.loads(COCO_MINI_JSON.read_text())
+
+
+def _copy_dataset(tmp_path, coco: dict):
+    image_dir = tmp_path / "images"
+    shutil.copytree(COCO_MINI_DIR / "images", image_dir)
+    path = tmp_path / "instances_broken.json"
+    path.write_text(json.dumps(coco))
+    return path, image_dir
+
+
+def test_coco_mini_loads_cleanly():
+    result = load_coco(COCO_MINI_JSON, check_decode=True)
+    assert result.image_dir == COCO_MINI_DIR / "images"  # found beside the json
+    assert result.rejects == [] and result.reject_counts() == {}
+    assert len(result.records) == 6 and result.num_annotations == 58
+    assert result.categories.num_classes == 80
+    crowd = {r.image_id: sum(a.iscrowd for a in r.annotations) for r in result.records}
+    assert crowd == {image_id: (1 if image_id in CROWD_IMAGE_IDS else 0) for image_id in crowd}
+    for record in result.records:
+        assert result.image_path(record).is_file()
+        for ann in record.annotations:
+            x0, y0, x1, y1 = ann.box
+            assert 0 <= x0 < x1 <= record.width and 0 <= y0 < y1 <= record.height
+            assert ann.label == result.categories.label_of(ann.category_id)
+
+
+def test_bad_records_are_rejected_and_good_ones_survive(tmp_path):
+    coco = _coco_mini()
+    good_annotation_ids = {a["id"] for a in coco["annotations"]}
+    first_image = coco["images"][0]
+    template = next(a for a in coco["annotations"] if a["image_id"] == first_image["id"] and not a["iscrowd"])
+    height, width = first_image["height"], first_image["width"]
+
+    def bad(ann_id, **changes):
+        ann = copy.deepcopy(template)
+        ann.update(id=ann_id, **changes)
+        coco["annotations"].append(ann)
+
+    bad(900001, segmentation=[[10.0, 10.0, 50.0, 50.0]])  # 2 points
+    bad(900002, bbox=[10.0, 10.0, 0.0, 25.0])  # zero width
+    bad(900003, bbox=[width + 5.0, 10.0, 20.0, 20.0])  # entirely right of the image
+    bad(900004, category_id=999)
+    bad(900005, image_id=123456789)  # no such image
+    coco["annotations"].append(copy.deepcopy(template))  # duplicate annotation id
+
+    missing = dict(first_image, id=42, file_name="000000000042.jpg")
+    coco["images"].append(missing)
+    bad(900006, image_id=42)  # dropped along with its missing image
+    coco["images"].append(dict(coco["images"][1]))  # duplicate image id
+    empty = dict(first_image, id=43, file_name="empty.jpg")  # an image without annotations
+    coco["images"].append(empty)
+
+    path, image_dir = _copy_dataset(tmp_path, coco)
+    shutil.copy(image_dir / first_image["file_name"], image_dir / "empty.jpg")
+    result = load_coco(path, image_dir=image_dir)
+
+    assert result.reject_counts() == {
+        "box_outside_image": 1,
+        "duplicate_annotation_id": 1,
+        "duplicate_image_id": 1,
+        "missing_image_file": 1,
+        "polygon_too_few_points": 1,
+        "unknown_category": 1,
+        "unknown_image_id": 1,
+        "zero_area_box": 1,
+    }
+    by_reason = {reject.reason: reject for reject in result.rejects}
+    expected_ids = {
+        "polygon_too_few_points": 900001,
+        "zero_area_box": 900002,
+        "box_outside_image": 900003,
+        "unknown_category": 900004,
+        "unknown_image_id": 900005,
+        "duplicate_annotation_id": template["id"],
+    }
+    for reason, ann_id in expected_ids.items():
+        reject = by_reason[reason]
+        assert reject.annotation_id == ann_id
+        assert reject.message.startswith(f"annotation {ann_id} in {path}: "), reject.message
+        assert reject.source == str(path)
+    assert by_reason["polygon_too_few_points"].message.endswith("polygon has 2 points, need at least 3")
+    assert by_reason["missing_image_file"].image_id == 42
+    assert by_reason["missing_image_file"].annotation_id is None
+    assert "image 42 (000000000042.jpg)" in by_reason["missing_image_file"].message
+    assert "1 annotation(s) are dropped" in by_reason["missing_image_file"].message
+    assert by_reason["duplicate_image_id"].image_id == coco["images"][1]["id"]
+
+    # Every good record survives: 6 original images + the empty one, all 58 annotations.
+    assert [r.image_id for r in result.records] == [im["id"] for im in _coco_mini()["images"]] + [43]
+    assert {a.id for r in result.records for a in r.annotations} == good_annotation_ids
+    assert result.num_annotations == 58
+    assert result.records[-1].annotations == ()
+
+
+def test_check_decode_rejects_broken_and_mismatched_images(tmp_path):
+    coco = _coco_mini()
+    coco["images"][0]["width"] += 1  # json disagrees with the file
+    path, image_dir = _copy_dataset(tmp_path, coco)
+    broken = image_dir / coco["images"][1]["file_name"]
+    broken.write_bytes(broken.read_bytes()[:5000])
+    assert load_coco(path, image_dir=image_dir).reject_counts() == {}  # files exist; not decoded
+    result = load_coco(path, image_dir=image_dir, check_decode=True)
+    assert result.reject_counts() == {"image_size_mismatch": 1, "unreadable_image": 1}
+    assert len(result.records) == 4
+    by_reason = {reject.reason: reject for reject in result.rejects}
+    assert by_reason["unreadable_image"].image_id == coco["images"][1]["id"]
+    assert "truncated" in by_reason["unreadable_image"].message
+    assert by_reason["image_size_mismatch"].image_id == coco["images"][0]["id"]
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("[]", "expected a COCO json object"),
+        ('{"images": [], "categories": []}', "missing top-level key\\(s\\) \\['annotations'\\]"),
+        ('{"images": {}, "annotations": [], "categories": []}', "'images' must be a list"),
+        ("{not json", "not valid json"),
+    ],
+)
+def test_malformed_top_level_raises_naming_the_file(tmp_path, content, match):
+    path = tmp_path / "weird.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match) as info:
+        load_coco(path, check_files=False)
+    assert str(path) in str(info.value)
+
+
+def test_file_checks_need_an_image_dir(tmp_path):
+    coco = _coco_mini()
+    with pytest.raises(ValueError, match="no image_dir"):
+        load_coco(coco)
+    result = load_coco(coco, check_files=False)
+    assert result.image_dir is None and result.num_annotations == 58 and result.source == "<dict>"
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_coco(tmp_path / "absent.json")
+    with pytest.raises(ValueError, match="is not a directory"):
+        load_coco(COCO_MINI_JSON, image_dir=tmp_path / "absent")
+
+
+def test_coco_split_layout_finds_image_dir(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    shutil.copytree(COCO_MINI_DIR / "images", tmp_path / "val2017")
+    shutil.copy(COCO_MINI_JSON, tmp_path / "annotations" / "instances_val2017.json")
+    result = load_coco(tmp_path / "annotations" / "instances_val2017.json")
+    assert result.image_dir == tmp_path / "val2017" and result.rejects == []
+
+
+def test_validate_annotation_details():
+    categories = CategoryMap.from_names(["a", "b"])
+    image = {"id": 1, "height": 20, "width": 30}
+    polygon = [[2.0, 3.0, 12.0, 3.0, 12.0, 9.0, 2.0, 9.0]]
+    # No bbox: derived from the mask.
+    record = validate_annotation(
+        {"id": 5, "category_id": 2, "segmentation": polygon}, image=image, categories=categories, source="s.json"
+    )
+    assert record.label == 2 and record.iscrowd == 0
+    assert list(record.box) == rle_to_bbox_xyxy(record.rle) == [2.0, 3.0, 12.0, 9.0]
+    # A box hanging over the edge is clipped.
+    record = validate_annotation(
+        {"id": 6, "category_id": 1, "segmentation": polygon, "bbox": [-4.0, 10.0, 50.0, 30.0]},
+        image=image,
+        categories=categories,
+        source="s.json",
+    )
+    assert record.box == (0.0, 10.0, 30.0, 20.0)
+    # Crowd regions (uncompressed RLE) are kept with iscrowd=1.
+    crowd = {"size": [20, 30], "counts": [100, 50, 450]}
+    record = validate_annotation(
+        {"id": 7, "category_id": 1, "segmentation": crowd, "iscrowd": 1, "bbox": [5, 0, 3, 20]},
+        image=image,
+        categories=categories,
+        source="s.json",
+    )
+    assert record.iscrowd == 1 and record.area == 50.0 and isinstance(record.rle["counts"], str)
+    cases = [
+        ({"id": 8, "category_id": 1, "segmentation": {"size": [21, 30], "counts": [630]}}, "rle_size_mismatch"),
+        ({"id": 9, "category_id": 1, "segmentation": [[100, 100, 110, 100, 110, 110]]}, "empty_mask"),
+        ({"id": 10, "category_id": 1}, "bad_segmentation"),
+        ({"id": 11, "category_id": 1, "segmentation": polygon, "bbox": [1, 2, 3]}, "bad_box"),
+        ({"id": 12, "category_id": 1, "segmentation": polygon, "iscrowd": 2}, "bad_annotation_record"),
+    ]
+    for ann, reason in cases:
+        with pytest.raises(RecordError) as info:
+            validate_annotation(ann, image=image, categories=categories, source="s.json")
+        assert info.value.reason == reason
+        assert str(info.value).startswith(f"annotation {ann['id']} in s.json: ")

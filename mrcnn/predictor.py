@@ -31,8 +31,8 @@ def detections_to_records(
     """One image's model output as detection records (``mrcnn.records.DETECTION_FIELDS``), best first.
 
     Args:
-        detection: ``boxes`` [D, 4] XYXY, ``scores`` [D], ``labels`` [D], optional ``masks`` [D, 1, H, W]
-            probabilities, all on the CPU.
+        detection: ``boxes`` [D, 4] XYXY, ``scores`` [D], ``labels`` [D], optional ``masks``: either
+            [D, 1, H, W] probabilities or [D, H, W] bool (already thresholded); all on the CPU.
         mask_threshold: probability at which a pixel belongs to the instance.
     """
     num = len(detection["scores"]) if max_detections is None else min(max_detections, len(detection["scores"]))
@@ -42,7 +42,9 @@ def detections_to_records(
     rles: list[dict[str, Any] | None] = [None] * num
     areas = [0.0] * num
     if "masks" in detection and num:
-        binary = (detection["masks"][:num, 0] >= mask_threshold).numpy().astype(np.uint8)  # [D, H, W]
+        masks = detection["masks"][:num]
+        binary = masks if masks.dtype == torch.bool else masks[:, 0] >= mask_threshold  # [D, H, W]
+        binary = binary.numpy().astype(np.uint8)
         rles = masks_to_rles(binary)
         areas = binary.reshape(num, -1).sum(axis=1).astype(float).tolist()
     return [
@@ -112,7 +114,11 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_raw(self, images: Sequence[np.ndarray], *, score_threshold: float | None = None) -> list[dict[str, Tensor]]:
-        """The model's detections (tensors, on the CPU) for a batch of HxWx3 uint8 RGB images."""
+        """The model's detections for a batch of HxWx3 uint8 RGB images, on the CPU.
+
+        Returns:
+            per image: ``boxes`` [D, 4] XYXY, ``labels`` [D], ``scores`` [D], ``masks`` [D, H, W] bool.
+        """
         roi_heads = self.model.roi_heads
         previous = roi_heads.score_thresh
         roi_heads.score_thresh = self.score_threshold if score_threshold is None else score_threshold
@@ -122,6 +128,10 @@ class Predictor:
                 detections = self.model(tensors).detections
         finally:
             roi_heads.score_thresh = previous
+        # Threshold masks where they were computed: a bool mask is 4x smaller to move than float probabilities.
+        for d in detections:
+            if "masks" in d:
+                d["masks"] = d["masks"][:, 0] >= self.mask_threshold  # [D, H, W] bool
         return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in d.items()} for d in detections]
 
     def predict(

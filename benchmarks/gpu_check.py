@@ -1,0 +1,179 @@
+"""GPU check: AMP training steps and inference latency, ours against torchvision, on one device.
+
+    python benchmarks/gpu_check.py                      # on a CUDA machine (the defaults)
+    python benchmarks/gpu_check.py --device cpu --size 256 --repeats 1 --warmup 1   # smoke run on a CPU
+
+Prints a markdown table; every row is measured in the same process, after warm-up, as the median of
+``--repeats`` timed runs (min-max shown). Weights are random (nothing is downloaded); the score
+threshold is 0 so that 100 detections per image go through the mask head, as with trained weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mrcnn.config import get_preset  # noqa: E402
+from mrcnn.data.images import load_image  # noqa: E402
+from mrcnn.data.dataset import image_to_tensor  # noqa: E402
+from mrcnn.modeling import build_model  # noqa: E402
+from mrcnn.predictor import Predictor  # noqa: E402
+from mrcnn.engine import train_step  # noqa: E402
+from mrcnn.solver import build_optimizer  # noqa: E402
+
+PHOTOS = sorted((ROOT / "tests" / "data" / "coco_mini" / "images").glob("*.jpg"))
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, *, device, warmup: int, repeats: int) -> tuple[float, float, float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times), max(times)
+
+
+def _targets_from_gt(images, size: int, device):
+    """Simple boxes/masks so the training step has real positives: two rectangles per image."""
+    targets = []
+    for img in images:
+        _, H, W = img.shape
+        boxes = torch.tensor([[0.1 * W, 0.1 * H, 0.5 * W, 0.6 * H], [0.4 * W, 0.3 * H, 0.9 * W, 0.9 * H]], device=device)
+        masks = torch.zeros((2, H, W), dtype=torch.uint8, device=device)
+        for m, (x1, y1, x2, y2) in zip(masks, boxes.int().tolist()):
+            m[y1:y2, x1:x2] = 1
+        targets.append({"boxes": boxes, "labels": torch.tensor([1, 2], device=device), "masks": masks})
+    return targets
+
+
+def bench_inference(args, device, rows):
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    torch.manual_seed(0)
+    tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=0.0, min_size=args.size, max_size=int(args.size * 1333 / 800)).eval().to(device)
+    cfg = get_preset("r50_fpn").replace(
+        **{"model.input.min_size": [args.size], "model.input.max_size": int(args.size * 1333 / 800), "model.box_head.score_thresh": 0.0}
+    )
+    ours = build_model(cfg)
+    ours.load_state_dict(tv.state_dict())
+    images_np = [load_image(p) for p in PHOTOS]
+    for dtype_name in ("fp32", "bf16"):
+        dtype = DTYPES[dtype_name]
+        if dtype is not None and device.type == "cpu":
+            continue
+        predictor = Predictor(ours, config=cfg, categories=_categories(cfg), device=device, score_threshold=0.0, autocast_dtype=dtype)
+        for batch in args.batches:
+            batch_np = (images_np * batch)[:batch]
+            batch_t = [image_to_tensor(img).to(device) for img in batch_np]
+            ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+            def run_tv():
+                with torch.inference_mode(), ctx:
+                    tv(batch_t)
+
+            def run_ours():
+                predictor.predict(batch_np)
+
+            t_tv = _time(run_tv, device=device, warmup=args.warmup, repeats=args.repeats)
+            t_ours = _time(run_ours, device=device, warmup=args.warmup, repeats=args.repeats)
+            rows.append({"bench": "inference r50_fpn", "dtype": dtype_name, "batch": batch, "torchvision_s": t_tv, "ours_s": t_ours,
+                         "note": "ours includes RLE encoding of masks"})
+
+
+def _categories(cfg):
+    from mrcnn.data.categories import CategoryMap
+
+    return CategoryMap.from_names([f"c{i}" for i in range(1, cfg.model.num_classes + 1)])
+
+
+def bench_train(args, device, rows):
+    for preset, size in (("r50_fpn", args.size), ("r18_fpn_small", 128)):
+        for dtype_name in ("fp32", "bf16", "fp16"):
+            dtype = DTYPES[dtype_name]
+            if dtype is not None and device.type == "cpu":
+                continue
+            for batch in args.batches:
+                torch.manual_seed(0)
+                overrides = {"model.input.min_size": [size], "model.input.max_size": int(size * 1333 / 800)}
+                if preset == "r50_fpn":
+                    overrides["model.backbone.norm"] = "bn"
+                cfg = get_preset(preset).replace(**overrides)
+                model = build_model(cfg).to(device).train()
+                if device.type == "cpu":
+                    model = model.to(memory_format=torch.channels_last)
+                optimizer = build_optimizer(model, cfg.solver, total_batch_size=batch)
+                scaler = torch.amp.GradScaler(device.type) if dtype_name == "fp16" else None
+                images = [torch.rand(3, size, int(size * 4 / 3), device=device) for _ in range(batch)]
+                targets = _targets_from_gt(images, size, device)
+                step = [0]
+
+                def run():
+                    train_step(model, images, targets, optimizer=optimizer, step=step[0], scaler=scaler, autocast_dtype=dtype)
+                    step[0] += 1
+
+                med, lo, hi = _time(run, device=device, warmup=args.warmup, repeats=args.repeats)
+                rows.append({"bench": f"train step {preset} {size}px", "dtype": dtype_name, "batch": batch, "ours_s": (med, lo, hi),
+                             "images_per_s": batch / med})
+                del model, optimizer
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--size", type=int, default=800, help="shorter image side for the R50 benchmarks")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--only", choices=["inference", "train"], default=None)
+    parser.add_argument("--json-out", help="also write the rows as json here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit("gpu_check: no CUDA device here; pass --device cpu for a smoke run")
+        torch.backends.cudnn.benchmark = True
+        print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}", flush=True)
+    rows: list[dict] = []
+    if args.only in (None, "inference"):
+        bench_inference(args, device, rows)
+    if args.only in (None, "train"):
+        bench_train(args, device, rows)
+
+    def fmt(t):
+        return f"{t[0] * 1000:.1f} ({t[1] * 1000:.1f}-{t[2] * 1000:.1f})"
+
+    print("\n| benchmark | dtype | batch | torchvision ms | ours ms | ours/torchvision speed-up | images/s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        tv = fmt(r["torchvision_s"]) if "torchvision_s" in r else "-"
+        ratio = f"{r['torchvision_s'][0] / r['ours_s'][0]:.2f}x" if "torchvision_s" in r else "-"
+        ips = r.get("images_per_s", r["batch"] / r["ours_s"][0])
+        print(f"| {r['bench']} | {r['dtype']} | {r['batch']} | {tv} | {fmt(r['ours_s'])} | {ratio} | {ips:.1f} |")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

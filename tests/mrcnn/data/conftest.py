@@ -14,7 +14,7 @@ PHOTO_PATH = TEST_DATA_DIR / "photos" / "000000000072.jpg"  # 427x640 (WxH), CC 
 
 # The larger shared copy (79 images, 624 annotations); used only where it exists.
 SHARED_COCO_VAL2017_MINI_DIR = Path(
-    os.environ.get("MRCNN_COCO_VAL2017_MINI", "/work/shared/data/coco_val2017_mini")
+    os.environ.get("MRCNN_COCO_VAL2017_MINI", Path(__file__).resolve().parents[3].parent / "shared" / "data" / "coco_val2017_mini")
 )
 COCO_DIRS_PRESENT = [d for d in (COCO_MINI_DIR, SHARED_COCO_VAL2017_MINI_DIR) if (d / "annotations.json").is_file()]
 

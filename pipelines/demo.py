@@ -1,14 +1,15 @@
-"""``mrcnn demo``: the whole job end to end on the embedded default (synthetic data, CPU, one folder).
+"""``mrcnn demo``: the whole pipeline end to end on the embedded default, under one working folder.
 
-Steps: synthetic dataset -> train the small preset for a time budget -> COCO evaluation on the
-held-out split -> checkpoint -> segment a few validation images with overlays -> JSON summary.
+1. synthetic COCO-format dataset;  2. Ray Data preprocessing to Parquet shards;  3. Ray Train with
+2 CPU workers (DDP over gloo) for a time budget, evaluating on the val shards;  4. MLflow tracking in
+a local SQLite store, registering the best checkpoint as ``models:/mrcnn@best``;  5. segmenting a few
+validation images with that model, writing overlays;  6. a summary (last line printed: JSON).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,86 +27,91 @@ def run_demo(
     seed: int = 0,
     num_train: int = 400,
     num_val: int = 100,
+    workers: int = 2,
     preset: str = "r18_fpn_small",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the summary (also written to ``WORKDIR/summary.json``)."""
-    import torch
+    import ray
     from PIL import Image
 
-    from mrcnn.checkpoint import save_checkpoint
-    from mrcnn.config import get_preset
-    from mrcnn.data.dataset import CocoInstanceDataset, collate_detection
+    from mrcnn.data.images import load_image
     from mrcnn.data.synthetic import make_synthetic_coco
-    from mrcnn.data.transforms import RandomHorizontalFlip
-    from mrcnn.engine import evaluate_model, fit
-    from mrcnn.modeling import build_model
     from mrcnn.predictor import Predictor
-    from mrcnn.solver import build_optimizer
     from mrcnn.visualize import draw_detections
+    from pipelines.preprocess import preprocess_dataset
+    from pipelines.tracking import default_tracking_uri, describe_model, resolve_model_uri
+    from pipelines.train import TrainRunConfig, train
 
     root = Path(workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+    tracking_uri = default_tracking_uri(root)
+    started_ray = False
+    if not ray.is_initialized():
+        ray.init(address=ray_address, include_dashboard=False, log_to_driver=True)
+        started_ray = True
+    try:
+        _log(f"1/6 synthetic dataset ({num_train} train, {num_val} val) -> {root / 'data'}")
+        make_synthetic_coco(root / "data", num_train=num_train, num_val=num_val, seed=seed)
 
-    _log(f"1/5 synthetic dataset ({num_train} train, {num_val} val) -> {root / 'data'}")
-    info = make_synthetic_coco(root / "data", num_train=num_train, num_val=num_val, seed=seed)
-    train_set = CocoInstanceDataset.from_files(info["train"]["annotations"], info["train"]["image_dir"], transforms=RandomHorizontalFlip(0.5))
-    val_set = CocoInstanceDataset.from_files(info["val"]["annotations"], info["val"]["image_dir"])
+        _log(f"2/6 Ray Data preprocessing -> {root / 'shards'}")
+        preprocess_dataset(root / "data", root / "shards")
 
-    cfg = get_preset(preset)
-    model = build_model(cfg).to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg.solver)
-    loader = torch.utils.data.DataLoader(
-        train_set, batch_size=cfg.solver.batch_size, shuffle=True, collate_fn=collate_detection, drop_last=True
-    )
+        _log(f"3/6 Ray Train: {preset}, {workers} CPU workers, {minutes:g} min")
+        run = TrainRunConfig(
+            data=str(root / "shards"),
+            preset=preset,
+            workers=workers,
+            batch_size=4,
+            minutes=minutes,
+            max_iters=100_000,
+            checkpoint_every=100,
+            eval_every=100_000,  # evaluate once, at the end (each evaluation costs training time)
+            storage_path=str(root / "ray_results"),
+            name="demo",
+            tracking_uri=tracking_uri,
+            experiment="mrcnn-demo",
+            model_name="mrcnn-demo",
+            seed=seed,
+        )
+        result = train(run)
+        segm = {k[len("segm_"):]: v for k, v in result.metrics.items() if k.startswith("segm_")}
+        bbox = {k[len("bbox_"):]: v for k, v in result.metrics.items() if k.startswith("bbox_")}
+        _log(f"4/6 evaluated: segm AP {segm.get('AP', float('nan')):.1f}, bbox AP {bbox.get('AP', float('nan')):.1f}")
 
-    class Progress:
-        def after_step(self, state, losses):
-            if state.iteration % 25 == 0:
-                rate = state.images_seen / max(state.elapsed_s, 1e-6)
-                _log(f"  step {state.iteration}  loss {losses['loss']:.3f}  lr {state.lr:.2e}  {rate:.1f} img/s")
-
-    _log(f"2/5 training {preset} for {minutes:g} min")
-    state = fit(model, loader, optimizer, cfg.solver, max_seconds=minutes * 60, hooks=[Progress()])
-
-    checkpoint = save_checkpoint(
-        root / "checkpoints" / "final.ckpt",
-        model=model,
-        config=cfg,
-        categories=train_set.categories,
-        metadata={"iterations": state.iteration, "images_seen": state.images_seen, "train_seconds": state.elapsed_s},
-    )
-
-    _log("3/5 COCO evaluation on the validation split")
-    t0 = time.perf_counter()
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=8, collate_fn=collate_detection)
-    metrics = evaluate_model(model, val_loader, info["val"]["annotations"], train_set.categories)
-    _log(f"  segm AP {metrics['segm']['AP']:.1f}  bbox AP {metrics['bbox']['AP']:.1f}  ({time.perf_counter() - t0:.0f} s)")
-    (root / "metrics.json").write_text(json.dumps(metrics, indent=1))
-
-    _log(f"4/5 segmenting {NUM_OVERLAYS} validation images -> {root / 'overlays'}")
-    predictor = Predictor.from_checkpoint(checkpoint)
-    overlay_dir = root / "overlays"
-    overlay_dir.mkdir(exist_ok=True)
-    paths = [val_set.result.image_path(r) for r in val_set.records[:NUM_OVERLAYS]]
-    for path, detections in zip(paths, predictor.predict_files(paths)):
-        image = Image.open(path).convert("RGB")
-        import numpy as np
-
-        Image.fromarray(draw_detections(np.asarray(image), detections)).save(overlay_dir / f"{Path(path).stem}.png")
+        model_uri = f"models:/{run.model_name}@best"
+        _log(f"5/6 segmenting {NUM_OVERLAYS} validation images with {model_uri} -> {root / 'overlays'}")
+        checkpoint = resolve_model_uri(model_uri, tracking_uri=tracking_uri, dst_dir=root / "models")
+        predictor = Predictor.from_checkpoint(checkpoint)
+        overlay_dir = root / "overlays"
+        overlay_dir.mkdir(exist_ok=True)
+        paths = sorted((root / "data" / "val" / "images").glob("*.png"))[:NUM_OVERLAYS]
+        for path in paths:
+            image = load_image(path)
+            detections = predictor.predict([image])[0]
+            Image.fromarray(draw_detections(image, detections)).save(overlay_dir / path.name)
+    finally:
+        if started_ray:
+            ray.shutdown()
 
     summary = {
-        "segm_AP": round(metrics["segm"]["AP"], 2),
-        "bbox_AP": round(metrics["bbox"]["AP"], 2),
-        "segm_AP50": round(metrics["segm"]["AP50"], 2),
-        "segm_AP75": round(metrics["segm"]["AP75"], 2),
-        "iterations": state.iteration,
-        "train_images_per_s": round(state.images_seen / max(state.elapsed_s, 1e-6), 2),
-        "model_uri": str(checkpoint),
-        "tracking_uri": None,
+        "segm_AP": round(segm.get("AP", -1.0), 2),
+        "bbox_AP": round(bbox.get("AP", -1.0), 2),
+        "segm_AP50": round(segm.get("AP50", -1.0), 2),
+        "segm_AP75": round(segm.get("AP75", -1.0), 2),
+        "iterations": result.iteration,
+        "images_seen": int(result.metrics.get("images_seen", 0)),
+        "model_uri": model_uri,
+        "model_version": describe_model(model_uri, tracking_uri=tracking_uri).get("version"),
+        "checkpoint": str(checkpoint),
+        "mlflow_run_id": result.mlflow_run_id,
+        "tracking_uri": tracking_uri,
         "overlays": str(overlay_dir),
         "workdir": str(root),
     }
     (root / "summary.json").write_text(json.dumps(summary, indent=1))
-    _log(f"5/5 done: segm AP {summary['segm_AP']}, checkpoint {checkpoint}")
+    _log(
+        f"6/6 done. segm AP {summary['segm_AP']}, bbox AP {summary['bbox_AP']}. MLflow store: {tracking_uri}\n"
+        f"       browse it with: mlflow ui --backend-store-uri {tracking_uri}"
+    )
     return summary

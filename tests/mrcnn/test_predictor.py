@@ -57,6 +57,9 @@ def test_records_follow_the_schema(predictor, images, full_records):
     for records, detection, image in zip(full_records, raw, images):
         H, W = image.shape[:2]
         assert len(records) == len(detection["scores"]) > 10
+        D = len(records)
+        assert detection["masks"].shape == (D, H, W) and detection["masks"].dtype == torch.bool  # thresholded
+        assert detection["boxes"].device.type == "cpu"
         scores = [r["score"] for r in records]
         assert scores == sorted(scores, reverse=True)
         for record, box, label, mask in zip(records, detection["boxes"], detection["labels"], detection["masks"]):
@@ -70,7 +73,7 @@ def test_records_follow_the_schema(predictor, images, full_records):
             rle = record["segmentation"]
             assert rle["size"] == [H, W] and isinstance(rle["counts"], str)
             decoded = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()})
-            np.testing.assert_array_equal(decoded, (mask[0] >= 0.5).numpy().astype(np.uint8))
+            np.testing.assert_array_equal(decoded, mask.numpy().astype(np.uint8))
             assert record["area"] == float(decoded.sum())
             result = coco_result(record, image_id=5)
             assert result["category_id"] == record["category_id"] and result["segmentation"] is rle
@@ -123,6 +126,17 @@ def test_grayscale_and_rgba_inputs_end_to_end(predictor):
     assert len(records[0]) > 0 and len(records[1]) > 0
     assert all(r["segmentation"]["size"] == [96, 130] for r in records[0])
     assert all(r["segmentation"]["size"] == [110, 90] for r in records[1])
+
+
+def test_mask_threshold_is_applied(predictor, images):
+    strict = Predictor(predictor.model, config=predictor.config, categories=CATEGORIES, score_threshold=0.0, mask_threshold=0.9)
+    loose = Predictor(predictor.model, config=predictor.config, categories=CATEGORIES, score_threshold=0.0, mask_threshold=0.1)
+    strict_raw, loose_raw = strict.predict_raw(images[:1])[0], loose.predict_raw(images[:1])[0]
+    assert (strict_raw["masks"] <= loose_raw["masks"]).all()  # a higher threshold keeps a subset of pixels
+    assert strict_raw["masks"].sum() < loose_raw["masks"].sum()
+    strict_areas = [r["area"] for r in strict.predict(images[:1])[0]]
+    loose_areas = [r["area"] for r in loose.predict(images[:1])[0]]
+    assert all(a <= b for a, b in zip(strict_areas, loose_areas)) and sum(strict_areas) < sum(loose_areas)
 
 
 def test_predict_rejects_non_rgb_arrays(predictor):

@@ -1,0 +1,432 @@
+"""``mrcnn train``: distributed Mask R-CNN training with Ray Train (TorchTrainer, DDP).
+
+Each worker reads its own disjoint part of the training shards per epoch (Ray Data's
+``get_dataset_shard``), decodes images and RLE masks in the collate, and runs ``mrcnn.engine.train_step``.
+CPU workers use DDP over gloo (BatchNorm per replica, buffers broadcast from rank 0); GPU workers use
+NCCL, SyncBN and optional autocast (bf16, or fp16 with a GradScaler).
+
+Checkpoints are this project's checkpoint files reported through ``ray.train.report``. Relaunching with
+the same ``storage_path`` and ``name`` resumes from the latest one, and ``FailureConfig`` restarts
+failed workers from it. Rank 0 evaluates on the val shards at an interval, logs to MLflow (the same
+run after a resume), and registers the best checkpoint by segm AP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_FILE = "model.ckpt"
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    """Run-level settings of ``mrcnn train`` (the YAML run config; model settings are in ``model``).
+
+    model: a preset name plus dotted-key overrides of its config, e.g.
+        ``{"preset": "r18_fpn_small", "overrides": {"model.box_head.pooler": "roi_pool"}}``.
+    batch_size: images per worker per step; the learning rate follows the linear scaling rule for
+        ``batch_size * workers`` against the preset's reference batch.
+    max_iters / minutes: the budget; the schedule's decay points are fractions of it.
+    """
+
+    data: str = ""
+    preset: str = "r18_fpn_small"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    amp: str = "none"
+    batch_size: int = 4
+    max_iters: int = 0
+    minutes: float = 0.0
+    eval_every: int = 0
+    checkpoint_every: int = 50
+    eval_max_images: int = 0
+    storage_path: str = ""
+    name: str = "mrcnn-train"
+    max_failures: int = 2
+    tracking_uri: str = ""
+    experiment: str = "mrcnn"
+    model_name: str = "mrcnn"
+    seed: int = 0
+    num_val_overlays: int = 4
+    placement_strategy: str = "PACK"
+    fail_at_iteration: int = 0
+    debug_dump_dir: str = ""
+
+    def validate(self) -> "TrainRunConfig":
+        if not self.data:
+            raise ValueError("train: 'data' (the preprocessed shards folder) is required")
+        if self.workers < 1 or self.batch_size < 1:
+            raise ValueError(f"train: workers and batch_size must be >= 1, got {self.workers} and {self.batch_size}")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"train: amp must be none, bf16 or fp16, got {self.amp!r}")
+        if self.amp != "none" and not self.use_gpu:
+            raise ValueError("train: amp needs use_gpu (autocast on CPU workers is not supported here)")
+        return self
+
+    def model_config(self):
+        from mrcnn.config import get_preset
+
+        cfg = get_preset(self.preset)
+        return cfg.replace(**self.overrides) if self.overrides else cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> "TrainRunConfig":
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of run settings")
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+
+# ------------------------------------------------------------------ worker side
+def _all_agree_to_stop(local_stop: bool) -> bool:
+    """True if any rank wants to stop (DDP needs every rank to run the same number of steps)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return local_stop
+    flag = torch.tensor([1.0 if local_stop else 0.0])
+    if dist.get_backend() == "nccl":
+        flag = flag.cuda()
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def _batches_forever(shard, batch_size: int, seed: int):
+    """Endless (epoch, images, targets) from this worker's dataset shard, reshuffled every epoch."""
+    from pipelines.shards import collate_shard_batch
+
+    epoch = 0
+    while True:
+        count = 0
+        for batch in shard.iter_batches(
+            batch_size=batch_size, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=4 * batch_size,
+            local_shuffle_seed=seed + epoch,
+        ):
+            images, targets = collate_shard_batch(batch)
+            count += 1
+            yield epoch, images, targets
+        if count == 0:
+            raise ValueError(f"this worker's training shard has fewer than batch_size={batch_size} images")
+        epoch += 1
+
+
+def _load_val(data_dir: Path, max_images: int):
+    """Val images + targets and the COCO ground truth built from the val shards (rank 0 only)."""
+    import pyarrow.parquet as pq
+
+    from pipelines.shards import collate_shard_batch, shards_to_coco_gt
+
+    split_dir = data_dir / "val"
+    if not split_dir.is_dir():
+        return None
+    files = sorted(split_dir.glob("*.parquet"))
+    if not files:
+        return None
+    table = pq.read_table(files)
+    if max_images:
+        table = table.slice(0, max_images)
+    batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    images, targets = collate_shard_batch(batch, include_crowd=False)
+    for t, image_id in zip(targets, batch["image_id"]):
+        t["image_id"] = int(image_id)
+    gt = shards_to_coco_gt(split_dir)
+    if max_images:
+        keep = {int(i) for i in batch["image_id"]}
+        gt["images"] = [im for im in gt["images"] if im["id"] in keep]
+        gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in keep]
+    return images, targets, gt
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The function every Ray Train worker runs."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from mrcnn.checkpoint import load_checkpoint, save_checkpoint
+    from mrcnn.config import Config
+    from mrcnn.data.categories import CategoryMap
+    from mrcnn.engine import NonFiniteLossError, evaluate_model, train_step
+    from mrcnn.modeling import build_model
+    from mrcnn.solver import build_optimizer, lr_factor, set_lr
+
+    run = TrainRunConfig(**loop_config["run"])
+    cfg = Config.from_dict(loop_config["model"])
+    categories = CategoryMap.from_list(loop_config["categories"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(run.seed + rank)
+
+    model = build_model(cfg)
+    if run.use_gpu and world_size > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif not run.use_gpu:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.solver, total_batch_size=run.batch_size * world_size)
+    scaler = torch.amp.GradScaler("cuda") if run.amp == "fp16" else None
+    autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[run.amp]
+
+    state: dict[str, Any] = {"iteration": 0, "elapsed_s": 0.0, "images_seen": 0, "history": [], "best_segm_ap": -1.0,
+                             "mlflow_run_id": None, "attempt": 0}
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as ckpt_dir:
+            ckpt = load_checkpoint(Path(ckpt_dir) / CHECKPOINT_FILE)
+        model.load_state_dict(ckpt.model_state)
+        training_state = ckpt.training_state or {}
+        optimizer.load_state_dict(training_state["optimizer"])
+        if scaler is not None and training_state.get("scaler"):
+            scaler.load_state_dict(training_state["scaler"])
+        state.update(json.loads(training_state["loop_state"]))
+        state["attempt"] += 1
+    model = ray.train.torch.prepare_model(model)
+
+    tracker = None
+    if rank == 0 and run.tracking_uri:
+        from pipelines.tracking import Tracker
+
+        tracker = Tracker.start(run.tracking_uri, run.experiment, run.name, run_id=state["mlflow_run_id"], run_key=run_key(run))
+        state["mlflow_run_id"] = tracker.run_id
+        if resumed is None:
+            from mrcnn.config import flatten
+
+            tracker.log_config(cfg)
+            tracker.log_params({f"run.{k}": v for k, v in flatten(dataclasses.asdict(run)).items()})
+            tracker.log_params({f"data.{k}": v for k, v in loop_config.get("data_stats", {}).items()})
+            tracker.set_git_commit()
+        else:
+            tracker.log_metrics({"train/resumed_at_iteration": state["iteration"]}, step=state["iteration"])
+
+    val = _load_val(Path(run.data), run.eval_max_images) if rank == 0 and run.eval_every else None
+    budget_s = run.minutes * 60 if run.minutes else None
+    max_iters = run.max_iters or cfg.solver.max_iters
+    batches = _batches_forever(ray.train.get_dataset_shard("train"), run.batch_size, run.seed + 1000 * state["attempt"])
+
+    def progress() -> float:
+        p = state["iteration"] / max_iters
+        return max(p, state["elapsed_s"] / budget_s) if budget_s else p
+
+    def evaluate() -> dict[str, Any]:
+        module = model.module if hasattr(model, "module") else model
+        images, targets, gt = val
+        loader = [(images[i : i + 8], targets[i : i + 8]) for i in range(0, len(images), 8)]
+        metrics = evaluate_model(module, loader, gt, categories, device=device)
+        module.train()
+        return metrics
+
+    def report(*, final: bool) -> None:
+        """Checkpoint (rank 0 writes it) and report; every rank must call this the same number of times."""
+        metrics: dict[str, Any] = {"iteration": state["iteration"], "epoch": state.get("epoch", 0),
+                                   "images_seen": state["images_seen"], "final": final}
+        if state["history"]:
+            metrics.update({k: v for k, v in state["history"][-1].items() if k.startswith("loss") or k == "lr"})
+        eval_now = val is not None and (final or state["iteration"] % run.eval_every == 0)
+        segm_ap = None
+        if eval_now:
+            eval_metrics = evaluate()
+            segm_ap = eval_metrics["segm"]["AP"]
+            metrics.update({f"segm_{k}": v for k, v in eval_metrics["segm"].items() if k != "per_category"})
+            metrics.update({f"bbox_{k}": v for k, v in eval_metrics["bbox"].items() if k != "per_category"})
+            if tracker is not None:
+                tracker.log_eval(eval_metrics, step=state["iteration"])
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                path = save_checkpoint(
+                    Path(tmp) / CHECKPOINT_FILE,
+                    model=model,
+                    config=cfg,
+                    categories=categories,
+                    metadata={"iteration": state["iteration"], "segm_AP": segm_ap, "run": run_key(run)},
+                    training_state={
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                        "loop_state": json.dumps({k: v for k, v in state.items() if k != "attempt"} | {"attempt": state["attempt"]}),
+                    },
+                )
+                if tracker is not None and segm_ap is not None and segm_ap > state["best_segm_ap"]:
+                    state["best_segm_ap"] = segm_ap
+                    from pipelines.tracking import register_checkpoint
+
+                    register_checkpoint(tracker, path, model_name=run.model_name, segm_ap=segm_ap, tracking_uri=run.tracking_uri)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{state['iteration']:07d}")
+
+    model.train()
+    start = time.perf_counter() - state["elapsed_s"]
+    while True:
+        state["elapsed_s"] = time.perf_counter() - start
+        if _all_agree_to_stop(progress() >= 1.0):
+            break
+        epoch, images, targets = next(batches)
+        state["epoch"] = epoch
+        images = [img.to(device) for img in images]
+        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+        lr = set_lr(optimizer, lr_factor(cfg.solver, iteration=state["iteration"], progress=progress()))
+        t0 = time.perf_counter()
+        try:
+            losses = train_step(model, images, targets, optimizer=optimizer, step=state["iteration"], scaler=scaler,
+                                autocast_dtype=autocast_dtype, clip_grad_norm=cfg.solver.clip_grad_norm)
+        except NonFiniteLossError as exc:
+            if tracker is not None:
+                tracker.end("FAILED")
+            raise NonFiniteLossError(f"rank {rank}: {exc}") from None
+        step_s = time.perf_counter() - t0
+        state["iteration"] += 1
+        state["images_seen"] += len(images) * world_size
+        record = {"iteration": state["iteration"], "lr": lr, "images_per_s": len(images) * world_size / step_s, **losses}
+        state["history"].append(record)
+        if tracker is not None:
+            tracker.log_metrics({f"train/{k}": v for k, v in record.items() if k != "iteration"}, step=state["iteration"])
+        if run.debug_dump_dir:
+            _dump_parameters(model, Path(run.debug_dump_dir), rank, state["iteration"])
+        if run.fail_at_iteration and state["iteration"] == run.fail_at_iteration and rank == world_size - 1:
+            _fail_once(Path(run.storage_path) / run.name / ".injected_failure")
+        if state["iteration"] % run.checkpoint_every == 0:
+            report(final=False)
+
+    report(final=True)
+    if tracker is not None:
+        tracker.log_figure_loss_curves(state["history"], "plots/loss_curves.png")
+        if val is not None and run.num_val_overlays:
+            _log_overlays(tracker, model, val, categories, device, run.num_val_overlays)
+        tracker.end("FINISHED")
+
+
+def _dump_parameters(model, out_dir: Path, rank: int, iteration: int) -> None:
+    """Write this rank's parameters after a step (tests compare ranks: DDP must keep them equal)."""
+    import torch
+
+    import ray
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"node_rank{rank}.txt").write_text(ray.get_runtime_context().get_node_id())
+    module = model.module if hasattr(model, "module") else model
+    torch.save({k: v.detach().cpu() for k, v in module.named_parameters()}, out_dir / f"params_rank{rank}_iter{iteration}.pt")
+
+
+def _fail_once(marker: Path) -> None:
+    """Fault injection for tests: kill this worker process the first time only."""
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(time.time()))
+    os._exit(1)
+
+
+def _log_overlays(tracker, model, val, categories, device, count: int) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from mrcnn.predictor import detections_to_records
+    from mrcnn.visualize import draw_detections
+
+    module = model.module if hasattr(model, "module") else model
+    module.eval()
+    images = val[0][:count]
+    with torch.no_grad():
+        detections = module([img.to(device) for img in images]).detections
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (image, det) in enumerate(zip(images, detections)):
+            rgb = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            records = detections_to_records({k: v.cpu() for k, v in det.items()}, categories)
+            records = [r for r in records if r["score"] >= 0.5]
+            Image.fromarray(draw_detections(rgb, records)).save(Path(tmp) / f"val_{i}.png")
+        tracker.log_images(tmp)
+
+
+# ------------------------------------------------------------------ driver side
+def run_key(run: TrainRunConfig) -> str:
+    """The identity of a training run: relaunching with the same key resumes it (and its MLflow run)."""
+    return f"{Path(run.storage_path).resolve() if '://' not in run.storage_path else run.storage_path}/{run.name}"
+
+
+@dataclass
+class TrainResult:
+    iteration: int
+    metrics: dict[str, Any]
+    checkpoint_path: str | None
+    mlflow_run_id: str | None
+    storage_path: str
+
+
+def train(run: TrainRunConfig, *, ray_address: str | None = None) -> TrainResult:
+    """Launch (or resume) a training run on the connected Ray cluster (a local one if none)."""
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.shards import read_categories
+
+    run = run.validate()
+    if not run.storage_path:
+        run = dataclasses.replace(run, storage_path=str(Path("ray_results").resolve()))
+    if "://" not in run.storage_path:
+        run = dataclasses.replace(run, storage_path=str(Path(run.storage_path).resolve()))
+    data_dir = Path(run.data)
+    if not (data_dir / "train").is_dir():
+        raise ValueError(f"train: {data_dir}/train has no shards; run `mrcnn preprocess` first")
+    if not ray.is_initialized():
+        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
+
+    categories = read_categories(data_dir)
+    cfg = run.model_config()
+    if cfg.model.num_classes != categories.num_classes:
+        cfg = cfg.replace(**{"model.num_classes": categories.num_classes})
+    train_ds = ray.data.read_parquet(str(data_dir / "train"), file_extensions=["parquet"])
+    data_stats = {"train_images": train_ds.count(), "num_classes": categories.num_classes}
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": dataclasses.asdict(run), "model": cfg.to_dict(), "categories": categories.to_list(),
+                           "data_stats": data_stats},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=run.workers,
+            use_gpu=run.use_gpu,
+            resources_per_worker={"CPU": run.cpus_per_worker, **({"GPU": run.gpus_per_worker} if run.use_gpu else {})},
+            placement_strategy=run.placement_strategy,
+        ),
+        run_config=ray.train.RunConfig(
+            storage_path=run.storage_path,
+            name=run.name,
+            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": train_ds},
+    )
+    result = trainer.fit()
+    checkpoint_path = None
+    mlflow_run_id = None
+    if result.checkpoint is not None:
+        checkpoint_path = str(Path(result.checkpoint.path) / CHECKPOINT_FILE)
+        from mrcnn.checkpoint import load_checkpoint
+
+        training_state = load_checkpoint(checkpoint_path).training_state or {}
+        mlflow_run_id = json.loads(training_state.get("loop_state", "{}")).get("mlflow_run_id")
+    return TrainResult(
+        iteration=int(result.metrics.get("iteration", 0)) if result.metrics else 0,
+        metrics=dict(result.metrics or {}),
+        checkpoint_path=checkpoint_path,
+        mlflow_run_id=mlflow_run_id,
+        storage_path=run.storage_path,
+    )

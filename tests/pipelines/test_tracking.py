@@ -1,0 +1,300 @@
+"""MLflow tracking against a real ``mlflow server`` and the embedded SQLite default.
+
+Everything is read back through a fresh ``MlflowClient``, not through the Tracker that wrote it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mrcnn.checkpoint import load_checkpoint, save_checkpoint
+from mrcnn.config import Config, flatten, get_preset
+from pipelines.tracking import (
+    GIT_COMMIT_TAG,
+    RUN_KEY_TAG,
+    Tracker,
+    default_tracking_uri,
+    describe_model,
+    register_checkpoint,
+    resolve_model_uri,
+)
+from tests.pipelines.mlflow_server import mlflow_server
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EVAL = {
+    "bbox": {"AP": 41.5, "AP50": 70.25, "APs": -1.0, "per_category": {"circle": 50.0, "star": -1.0}},
+    "segm": {"AP": 38.0, "AP75": 39.5, "per_category": {"circle": 44.0, "traffic light": 12.5, "t-shirt (v2)": 5.0}},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _mlflow_env():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        yield
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module", params=["server", "embedded"])
+def tracking_uri(request, tmp_path_factory) -> str:
+    if request.param == "server":
+        return request.getfixturevalue("server").tracking_uri
+    return default_tracking_uri(tmp_path_factory.mktemp("workdir"))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[float, Path]:
+    """Three real r18_fpn_small checkpoints (narrow heads to keep them small) for segm AP 30, 20 and 40."""
+    import torch
+
+    from mrcnn.data.synthetic import synthetic_categories
+    from mrcnn.modeling import build_model
+
+    torch.manual_seed(0)
+    cfg = get_preset("r18_fpn_small").replace(
+        **{"model.backbone.out_channels": 64, "model.box_head.representation_size": 128, "model.mask_head.conv_dim": 64}
+    )
+    model = build_model(cfg)
+    root = tmp_path_factory.mktemp("ckpts")
+    return {
+        ap: save_checkpoint(root / f"ap{int(ap)}" / "best.ckpt", model=model, config=cfg,
+                            categories=synthetic_categories(), metadata={"segm_AP": ap})  # fmt: skip
+        for ap in (30.0, 20.0, 40.0)
+    }
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
+    """Every file path in a run's artifacts, recursively."""
+    found = set()
+    for info in client.list_artifacts(run_id, path):
+        found |= _artifact_paths(client, run_id, info.path) if info.is_dir else {info.path}
+    return found
+
+
+def _git_head() -> str | None:
+    result = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[2]), "rev-parse", "HEAD"],
+                            capture_output=True, text=True)  # fmt: skip
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def test_import_does_not_import_mlflow():
+    code = "import sys, pipelines.tracking; assert 'mlflow' not in sys.modules, 'mlflow imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_run_logs_config_metrics_eval_and_artifacts(tracking_uri, tmp_path):
+    cfg = get_preset("r18_fpn_small")
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "pred_0.png").write_bytes(PNG_MAGIC + b"not really")
+    (images / "notes.txt").write_text("not an image")
+    history = [
+        {"iteration": i + 1, "lr": 1e-3 * (i + 1) / 5, "loss": 3.0 - 0.1 * i, "loss_mask": 0.7 - 0.01 * i,
+         "loss_rpn_box_reg": 0.2 / (i + 1)}  # fmt: skip
+        for i in range(5)
+    ]
+    with Tracker.start(tracking_uri, "tracking-test", "run-logging", tags={"purpose": "test"}) as tracker:
+        tracker.log_config(cfg)
+        tracker.log_params({"ray.storage_path (abs)": "/shared/results", "data.note": "x" * 7000})
+        for step, record in enumerate(history):
+            tracker.log_metrics({k: v for k, v in record.items() if k != "iteration"}, step=step)
+        logged = tracker.log_eval(EVAL, step=4)
+        (tmp_path / "summary.json").write_text("{}")
+        tracker.log_artifact(tmp_path / "summary.json", "reports")
+        assert tracker.log_images(images) == 1
+        png = tracker.log_figure_loss_curves(history, tmp_path / "loss_curves.png")
+        commit = tracker.set_git_commit()
+        run_id = tracker.run_id
+    assert png.read_bytes().startswith(PNG_MAGIC)
+
+    client = _client(tracking_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "run-logging"
+    assert run.data.tags[RUN_KEY_TAG] == "run-logging" and run.data.tags["purpose"] == "test"
+    expected_params = {k: str(v) for k, v in flatten(cfg.to_dict()).items()}
+    # keys MLflow refuses are sanitized; values are cut to MLflow's 6000 characters
+    expected_params.update({"ray.storage_path _abs_": "/shared/results", "data.note": "x" * 5997 + "..."})
+    assert run.data.params == expected_params
+    assert run.data.params["model.rpn.anchor_sizes"] == "[8, 16, 32, 64, 128]"
+    assert run.data.params["solver.clip_grad_norm"] == "10.0"
+
+    loss_history = client.get_metric_history(run_id, "loss")
+    assert [(m.step, m.value) for m in sorted(loss_history, key=lambda m: m.step)] == [
+        (i, pytest.approx(3.0 - 0.1 * i)) for i in range(5)
+    ]
+    assert len(client.get_metric_history(run_id, "lr")) == 5
+    metrics = run.data.metrics
+    assert metrics["segm/AP"] == 38.0 and metrics["bbox/AP50"] == 70.25 and metrics["segm/AP75"] == 39.5
+    assert metrics["segm_per_category/traffic light"] == 12.5 and metrics["bbox_per_category/circle"] == 50.0
+    assert metrics["segm_per_category/t-shirt _v2_"] == 5.0
+    assert "bbox/APs" not in metrics and "bbox_per_category/star" not in metrics  # -1 = no ground truth
+    assert set(logged) == {k for k in metrics if "/" in k and k.split("/")[0].startswith(("bbox", "segm"))}
+    assert client.get_metric_history(run_id, "segm/AP")[0].step == 4
+
+    assert _artifact_paths(client, run_id) == {
+        "config.yaml", "reports/summary.json", "images/pred_0.png", "plots/loss_curves.png"
+    }  # fmt: skip
+    downloaded = Path(client.download_artifacts(run_id, "config.yaml", str(tmp_path / "dl")))
+    assert Config.from_dict(yaml.safe_load(downloaded.read_text())) == cfg
+    downloaded_png = Path(client.download_artifacts(run_id, "plots/loss_curves.png", str(tmp_path / "dl")))
+    assert downloaded_png.read_bytes() == png.read_bytes()
+
+    head = _git_head()
+    assert commit == head
+    assert run.data.tags.get(GIT_COMMIT_TAG) == head
+
+
+def test_resume_continues_the_same_run(tracking_uri):
+    key = "TorchTrainer_2024-05-01 @ /shared/ray_results/it's-a-run"  # quotes must survive the search filter
+    first = Tracker.start(tracking_uri, "tracking-test", "mrcnn-train", run_key=key)
+    assert not first.resumed
+    first.log_params({"solver.max_iters": 100, "model.num_classes": 5})
+    first.log_metrics({"loss": 2.0}, step=0)
+    first.log_metrics({"loss": 1.5}, step=1)
+    first.end("FAILED")  # the worker died
+
+    second = Tracker.start(tracking_uri, "tracking-test", "mrcnn-train", run_key=key)
+    assert second.resumed and second.run_id == first.run_id
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert second.log_params({"solver.max_iters": 100, "model.num_classes": 5}) == {}  # identical: no error
+    with pytest.warns(UserWarning, match="solver.max_iters"):
+        changed = second.log_params({"solver.max_iters": 200, "solver.base_lr": 0.01})
+    assert changed == {"solver.max_iters": ("100", "200")}
+    second.log_metrics({"loss": 1.0}, step=2)
+    assert _client(tracking_uri).get_run(first.run_id).info.status == "RUNNING"
+    second.end()
+
+    by_id = Tracker.start(tracking_uri, "tracking-test", "ignored-name", run_id=first.run_id)
+    assert by_id.resumed and by_id.run_id == first.run_id
+    by_id.log_metrics({"loss": 0.5}, step=3)
+    by_id.end("KILLED")
+
+    client = _client(tracking_uri)
+    experiment = client.get_experiment_by_name("tracking-test")
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get(RUN_KEY_TAG) == key]
+    assert [r.info.run_id for r in runs] == [first.run_id]
+    run = runs[0]
+    assert run.info.status == "KILLED"
+    assert run.data.params["solver.max_iters"] == "100" and run.data.params["solver.base_lr"] == "0.01"
+    history = sorted(client.get_metric_history(first.run_id, "loss"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in history] == [(0, 2.0), (1, 1.5), (2, 1.0), (3, 0.5)]
+
+    other = Tracker.start(tracking_uri, "tracking-test", "mrcnn-train", run_key=key + " (2)")
+    assert not other.resumed and other.run_id != first.run_id
+    other.end()
+    with pytest.raises(ValueError, match="no such run"):
+        Tracker.start(tracking_uri, "tracking-test", "x", run_id="0123456789abcdef0123456789abcdef")
+
+
+def test_registry_best_alias_follows_the_highest_segm_ap(server, checkpoints, tmp_path):
+    uri = server.tracking_uri
+    name = "mrcnn-synthetic"
+    tracker = Tracker.start(uri, "tracking-registry", "registry-run")
+    results = [register_checkpoint(tracker, path, model_name=name, segm_ap=ap, tracking_uri=uri)
+               for ap, path in checkpoints.items()]  # fmt: skip
+    tracker.end()
+    assert [(r.version, r.alias_moved, r.best_version) for r in results] == [
+        ("1", True, "1"), ("2", False, "1"), ("3", True, "3")
+    ]  # fmt: skip
+
+    client = _client(uri)
+    assert client.get_model_version_by_alias(name, "best").version == "3"
+    versions = {v.version: v for v in client.search_model_versions(f"name = '{name}'")}
+    assert {v: float(mv.tags["segm_AP"]) for v, mv in versions.items()} == {"1": 30.0, "2": 20.0, "3": 40.0}
+    assert all(mv.run_id == tracker.run_id for mv in versions.values())
+    # Each version has its own copy: a later best.ckpt never overwrites an earlier version's file.
+    assert len({r.source for r in results}) == 3
+    assert {p for p in _artifact_paths(client, tracker.run_id) if p.endswith(".ckpt")} == {
+        f"{r.source.split(tracker.run_id + '/', 1)[1]}/best.ckpt" for r in results
+    }
+
+    best = resolve_model_uri(f"models:/{name}@best", tracking_uri=uri, dst_dir=tmp_path / "best")
+    assert best.is_file() and best.is_relative_to(tmp_path / "best")
+    loaded = load_checkpoint(best)
+    assert loaded.metadata["segm_AP"] == 40.0
+    loaded.build_model()  # strict load: every weight made it through the server
+
+    second = resolve_model_uri(f"models:/{name}/2", tracking_uri=uri, dst_dir=tmp_path / "v2")
+    assert load_checkpoint(second).metadata["segm_AP"] == 20.0
+    assert load_checkpoint(resolve_model_uri(f"models:/{name}/latest", tracking_uri=uri)).metadata["segm_AP"] == 40.0
+    run_file = f"{results[0].source}/best.ckpt"
+    assert load_checkpoint(resolve_model_uri(run_file, tracking_uri=uri, dst_dir=tmp_path / "r")).metadata["segm_AP"] == 30.0
+    run_dir = resolve_model_uri(results[1].source, tracking_uri=uri, dst_dir=tmp_path / "d")  # a folder with one ckpt
+    assert load_checkpoint(run_dir).metadata["segm_AP"] == 20.0
+    artifact_uri = client.get_run(tracker.run_id).info.artifact_uri  # mlflow-artifacts:/<exp>/<run>/artifacts
+    assert artifact_uri.startswith("mlflow-artifacts:")
+    proxied = f"{artifact_uri}/{run_file.split(tracker.run_id + '/', 1)[1]}"
+    assert load_checkpoint(resolve_model_uri(proxied, tracking_uri=uri, dst_dir=tmp_path / "p")).metadata["segm_AP"] == 30.0
+    local = checkpoints[30.0]
+    assert resolve_model_uri(local) == local and resolve_model_uri(str(local)) == local
+    assert resolve_model_uri(local.as_uri()) == local
+
+    info = describe_model(f"models:/{name}@best", tracking_uri=uri)
+    assert info == {"uri": f"models:/{name}@best", "name": name, "version": "3", "alias": "best",
+                    "run_id": tracker.run_id, "source": results[2].source, "segm_AP": 40.0}  # fmt: skip
+    assert describe_model(f"models:/{name}/2", tracking_uri=uri)["segm_AP"] == 20.0
+
+    bad = {
+        "models:/no-such-model@best": "no registered model named 'no-such-model'",
+        f"models:/{name}@champion": "has no alias 'champion'",
+        f"models:/{name}/99": "has no version 99",
+        f"models:/{name}/Production": "expected models:/NAME@ALIAS or models:/NAME/VERSION",
+        "runs:/0123456789abcdef0123456789abcdef/best.ckpt": "no such run",
+        f"runs:/{tracker.run_id}/checkpoints/missing.ckpt": "has no artifact 'checkpoints/missing.ckpt'",
+        str(tmp_path / "missing.ckpt"): "no such file",
+        f"{artifact_uri}/checkpoints/missing.ckpt": "cannot download",
+    }
+    for bad_uri, reason in bad.items():
+        with pytest.raises(ValueError, match=reason) as excinfo:
+            resolve_model_uri(bad_uri, tracking_uri=uri, dst_dir=tmp_path / "bad")
+        message = str(excinfo.value)
+        assert "\n" not in message and bad_uri in message
+    with pytest.raises(ValueError, match="has no alias"):
+        describe_model(f"models:/{name}@champion", tracking_uri=uri)
+
+
+def test_embedded_default_keeps_store_and_artifacts_in_the_workdir(tmp_path, monkeypatch, checkpoints):
+    workdir, cwd = tmp_path / "work", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    uri = default_tracking_uri(workdir)
+    assert uri == f"sqlite:///{workdir.resolve() / 'mlflow.db'}"
+
+    tracker = Tracker.start(uri, "embedded", "embedded-run")
+    tracker.log_metrics({"loss": 1.0}, step=0)
+    result = register_checkpoint(tracker, checkpoints[30.0], model_name="embedded-model", segm_ap=30.0)
+    tracker.end()
+
+    assert (workdir / "mlflow.db").is_file()
+    run = _client(uri).get_run(tracker.run_id)
+    assert run.info.artifact_uri.startswith((workdir / "mlartifacts").resolve().as_uri())
+    stored = list((workdir / "mlartifacts").rglob("best.ckpt"))
+    assert len(stored) == 1 and stored[0].read_bytes() == checkpoints[30.0].read_bytes()
+    resolved = resolve_model_uri("models:/embedded-model@best", tracking_uri=uri, dst_dir=tmp_path / "dl")
+    assert load_checkpoint(resolved).metadata["segm_AP"] == 30.0
+    assert result.alias_moved and describe_model("models:/embedded-model@best", tracking_uri=uri)["version"] == "1"
+    assert list(cwd.iterdir()) == []  # nothing in the current directory: no ./mlruns, no ./mlflow.db
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert default_tracking_uri(workdir) == "http://mlflow.example:5000"

@@ -145,11 +145,20 @@ def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, map_loc
         version = obj.get("version")
         if version != CHECKPOINT_VERSION:
             raise CheckpointError(f"checkpoint {path}: format version {version!r}, this code reads {CHECKPOINT_VERSION}")
+        for key, kind in (("config", dict), ("categories", list), ("model", dict)):
+            if not isinstance(obj.get(key), kind):
+                raise CheckpointError(f"checkpoint {path}: '{key}' must be a {kind.__name__}, got {type(obj.get(key)).__name__}")
+        if not _is_state_dict(obj["model"]):
+            raise CheckpointError(f"checkpoint {path}: 'model' is not a state dict of tensors")
         try:
             config = Config.from_dict(obj["config"])
             categories = CategoryMap.from_list(obj["categories"], source=str(path))
-        except (KeyError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path}: bad config or categories ({exc})") from None
+        if config.model.num_classes != categories.num_classes:
+            raise CheckpointError(
+                f"checkpoint {path}: config has {config.model.num_classes} classes, category map has {categories.num_classes}"
+            )
         return Checkpoint(
             config=config,
             categories=categories,

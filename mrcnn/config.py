@@ -126,6 +126,8 @@ class BoxHeadConfig:
     detections_per_img: int = 100
 
     def validate(self) -> None:
+        if self.pooler_resolution < 1 or self.sampling_ratio < 0 or self.detections_per_img < 1:
+            raise ConfigError("box_head: pooler_resolution and detections_per_img must be >= 1, sampling_ratio >= 0")
         _check_choice("box_head", "pooler", self.pooler, POOLERS)
         _check_choice("box_head", "head", self.head, BOX_HEADS)
         _check_choice("box_head", "head_norm", self.head_norm, NORMS)
@@ -158,6 +160,8 @@ class MaskHeadConfig:
         return 2 * self.pooler_resolution
 
     def validate(self) -> None:
+        if self.pooler_resolution < 1 or self.conv_dim < 1:
+            raise ConfigError("mask_head: pooler_resolution and conv_dim must be >= 1")
         _check_choice("mask_head", "head", self.head, MASK_HEADS)
         _check_choice("mask_head", "loss", self.loss, MASK_LOSSES)
         _check_choice("mask_head", "head_norm", self.head_norm, NORMS)
@@ -273,6 +277,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         args = typing.get_args(tp)
+        fixed_length = bool(args) and args[-1] is not Ellipsis
+        if fixed_length and len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
         item_tp = args[0] if args else Any
         return tuple(_coerce(item_tp, v, where) for v in value)
     if origin in (typing.Union, types.UnionType):
@@ -284,6 +291,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return float(value)
     if tp is int and isinstance(value, float) and value.is_integer():
         return int(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     if tp in (int, float, str, bool) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value

@@ -110,7 +110,10 @@ def evaluate_coco(
         if iou_type not in IOU_TYPES:
             raise ValueError(f"iou type: expected one of {IOU_TYPES}, got {iou_type!r}")
         _check_results(results, coco_gt, iou_type)
-        coco_dt = _results_coco(coco_gt, results, iou_type)
+        # For segm, drop the boxes: pycocotools would otherwise take each detection's area from its box
+        # (and so its small/medium/large range), as detectron2 and torchvision's references avoid too.
+        records = [{k: v for k, v in r.items() if k != "bbox"} for r in results] if iou_type == "segm" else results
+        coco_dt = _results_coco(coco_gt, records, iou_type)
         evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         if image_ids is not None:
             evaluator.params.imgIds = sorted(set(image_ids))

@@ -216,7 +216,6 @@ def test_bare_state_dict_with_wrong_or_unknown_arch(tmp_path, model):
 _MISSING = object()
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: malformed mrcnn payloads escape as KeyError/TypeError or load silently")
 @pytest.mark.parametrize(
     "changes",
     [

@@ -176,6 +176,8 @@ def test_bad_records_are_rejected_and_good_ones_kept(tmp_path):
             np.testing.assert_array_equal(mask, coco.annToMask(ann))
         assert sum(row["iscrowd"]) == 1
     assert (summary.num_rows, summary.num_annotations, summary.num_crowd) == (2, 23 + 18 - 2, 2)
+    # Ray Data reads the split folder (empty shards included), skipping rejects.jsonl and _summary.json.
+    assert ray.data.read_parquet(str(split_dir)).count() == 2
 
 
 def test_synthetic_and_coco_layouts(tmp_path):
@@ -203,6 +205,15 @@ def test_synthetic_and_coco_layouts(tmp_path):
     assert list(summaries) == ["val"]
     assert len(list_shards(tmp_path / "out_coco" / "val")) == 2  # ceil(4 / 3)
     assert read_rows(tmp_path / "out_coco" / "val") == read_rows(tmp_path / "out" / "val")
+
+    # Filesystem URIs (pyarrow.fs) work for every input and output; file:// stands in for s3://.
+    summary = preprocess_coco(
+        annotations=f"file://{info['val']['annotations']}", images=f"file://{info['val']['image_dir']}",
+        out=f"file://{tmp_path / 'out_uri'}", split="val", num_shards=3, progress=False,
+    )
+    assert summary.num_rows == 4 and len(summary.shard_paths) == 3
+    assert read_rows(tmp_path / "out_uri" / "val") == read_rows(tmp_path / "out" / "val")
+    assert list_shards(f"file://{tmp_path / 'out_uri' / 'val'}") == list_shards(tmp_path / "out_uri" / "val")
 
 
 def test_bad_input_raises_clear_errors(tmp_path):

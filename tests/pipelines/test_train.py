@@ -1,0 +1,155 @@
+"""Ray Train: DDP across two nodes, fault recovery from the latest checkpoint, MLflow tracking.
+
+Real services only: a 2-node Ray cluster on this machine (ray.cluster_utils.Cluster) and a real
+`mlflow server` on 127.0.0.1, both started and stopped here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import ray  # noqa: E402
+
+from mrcnn.data.synthetic import make_synthetic_coco  # noqa: E402
+from pipelines.preprocess import preprocess_dataset  # noqa: E402
+from pipelines.train import TrainRunConfig, train  # noqa: E402
+from tests.pipelines.mlflow_server import mlflow_server  # noqa: E402
+
+# A light model so that a few steps take seconds: the small preset with narrower heads.
+LIGHT = {
+    "model.backbone.out_channels": 64,
+    "model.box_head.representation_size": 128,
+    "model.mask_head.conv_dim": 64,
+    "model.box_head.batch_size_per_image": 32,
+}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train_data")
+    make_synthetic_coco(root / "synth", num_train=16, num_val=4, size=96, seed=0)
+    out = root / "shards"
+    import ray as _ray
+
+    _ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        preprocess_dataset(root / "synth", out)
+    finally:
+        _ray.shutdown()
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as srv:
+        yield srv
+
+
+@pytest.fixture
+def two_node_cluster():
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _run(shards: Path, tmp_path: Path, **kw) -> TrainRunConfig:
+    base = TrainRunConfig(
+        data=str(shards),
+        preset="r18_fpn_small",
+        overrides=LIGHT,
+        workers=2,
+        batch_size=2,
+        max_iters=4,
+        checkpoint_every=2,
+        eval_every=4,
+        storage_path=str(tmp_path / "ray_results"),
+        name="t",
+        max_failures=2,
+        experiment="tests",
+        model_name="test-model",
+    )
+    return dataclasses.replace(base, **kw)
+
+
+def test_ddp_on_two_nodes_keeps_ranks_in_sync_and_tracks_to_mlflow(shards, tmp_path, server, two_node_cluster):
+    from mlflow.tracking import MlflowClient
+
+    dump = tmp_path / "dump"
+    run = _run(shards, tmp_path, placement_strategy="SPREAD", debug_dump_dir=str(dump), tracking_uri=server.tracking_uri)
+    result = train(run)
+
+    # Workers ran on two different nodes.
+    nodes = {(dump / f"node_rank{r}.txt").read_text() for r in (0, 1)}
+    assert len(nodes) == 2, nodes
+    # Gradients are all-reduced: after every step the parameters are equal across ranks, and they moved.
+    for iteration in (1, 4):
+        rank0 = torch.load(dump / f"params_rank0_iter{iteration}.pt")
+        rank1 = torch.load(dump / f"params_rank1_iter{iteration}.pt")
+        assert rank0.keys() == rank1.keys()
+        for name in rank0:
+            torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=1e-6, msg=name)
+    first = torch.load(dump / "params_rank0_iter1.pt")
+    last = torch.load(dump / "params_rank0_iter4.pt")
+    assert any(not torch.equal(first[k], last[k]) for k in first)
+
+    assert result.iteration == 4
+    assert result.checkpoint_path and Path(result.checkpoint_path).is_file()
+    assert "segm_AP" in result.metrics and "bbox_AP" in result.metrics
+
+    client = MlflowClient(server.tracking_uri)
+    mlflow_run = client.get_run(result.mlflow_run_id)
+    assert mlflow_run.data.params["model.backbone.depth"] == "18"
+    assert len(client.get_metric_history(result.mlflow_run_id, "train/loss")) == 4
+    for name in ("train/loss_mask", "train/lr", "train/images_per_s", "segm/AP", "bbox/AP"):
+        assert client.get_metric_history(result.mlflow_run_id, name), name
+    assert client.get_metric_history(result.mlflow_run_id, "segm/AP")[-1].value == pytest.approx(result.metrics["segm_AP"])
+    artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
+    assert "plots" in artifacts
+    version = client.get_model_version_by_alias("test-model", "best")
+    assert version.run_id == result.mlflow_run_id
+
+
+def test_killed_worker_resumes_from_latest_checkpoint_in_the_same_mlflow_run(shards, tmp_path, server):
+    from mlflow.tracking import MlflowClient
+
+    ray.init(num_cpus=3, include_dashboard=False)
+    try:
+        run = _run(shards, tmp_path, max_iters=6, eval_every=0, fail_at_iteration=3, name="fault",
+                   tracking_uri=server.tracking_uri, experiment="tests-fault")
+        result = train(run)
+    finally:
+        ray.shutdown()
+
+    assert (Path(run.storage_path) / run.name / ".injected_failure").exists(), "the fault was injected"
+    assert result.iteration == 6
+    client = MlflowClient(server.tracking_uri)
+    experiment = client.get_experiment_by_name("tests-fault")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1, "a resumed run continues the same MLflow run"
+    resumed_at = client.get_metric_history(runs[0].info.run_id, "train/resumed_at_iteration")
+    assert [m.value for m in resumed_at] == [2.0], "resumed from the checkpoint at iteration 2, not from 0"
+    steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss"))
+    assert steps[0] == 1 and steps[-1] == 6
+
+
+def test_relaunch_with_same_name_resumes(shards, tmp_path):
+    ray.init(num_cpus=3, include_dashboard=False)
+    try:
+        first = train(_run(shards, tmp_path, max_iters=2, eval_every=0, name="again"))
+        second = train(_run(shards, tmp_path, max_iters=4, eval_every=0, name="again"))
+    finally:
+        ray.shutdown()
+    assert first.iteration == 2
+    assert second.iteration == 4

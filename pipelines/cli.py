@@ -7,6 +7,7 @@ light verbs never import Ray or MLflow.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -181,11 +182,52 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- train
+def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are parsed as YAML (numbers, booleans, lists)."""
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CLIError(f"--set {pair!r}: expected KEY=VALUE, e.g. model.box_head.pooler=roi_pool")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.train import TrainRunConfig, train
+    from pipelines.tracking import default_tracking_uri
+
+    flags = {
+        "data": args.data, "preset": args.preset, "workers": args.workers, "use_gpu": args.gpu or None,
+        "cpus_per_worker": args.cpus_per_worker, "gpus_per_worker": args.gpus_per_worker, "amp": args.amp,
+        "batch_size": args.batch_size, "max_iters": args.max_iters, "minutes": args.minutes,
+        "eval_every": args.eval_every, "checkpoint_every": args.checkpoint_every, "storage_path": args.storage_path,
+        "name": args.name, "max_failures": args.max_failures, "tracking_uri": args.tracking_uri,
+        "experiment": args.experiment, "model_name": args.model_name,
+    }
+    run = TrainRunConfig.from_yaml(args.config, **flags) if args.config else TrainRunConfig(**{k: v for k, v in flags.items() if v is not None})
+    if args.set:
+        run = dataclasses.replace(run, overrides={**run.overrides, **_parse_overrides(args.set)})
+    if not run.tracking_uri:
+        run = dataclasses.replace(run, tracking_uri=default_tracking_uri("."))
+    result = train(run, ray_address=args.address)
+    print(json.dumps({"iteration": result.iteration, "checkpoint": result.checkpoint_path,
+                      "mlflow_run_id": result.mlflow_run_id, "tracking_uri": run.tracking_uri,
+                      **{k: v for k, v in result.metrics.items() if k.startswith(("segm_", "bbox_", "loss"))}}))
+    return 0
+
+
 # ---------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
-    summary = run_demo(workdir=args.workdir, minutes=args.minutes, seed=args.seed, num_train=args.train, num_val=args.val)
+    summary = run_demo(
+        workdir=args.workdir, minutes=args.minutes, seed=args.seed, num_train=args.train, num_val=args.val,
+        workers=args.workers, ray_address=args.address,
+    )
     print(json.dumps(summary))
     return 0
 
@@ -255,11 +297,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("train", help="distributed training with Ray Train (DDP), tracked in MLflow")
+    p.add_argument("--data", help="preprocessed shards folder (from `mrcnn preprocess`)")
+    p.add_argument("--config", help="YAML run config (keys of TrainRunConfig); flags override it")
+    p.add_argument("--preset", help="model preset (default r18_fpn_small)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. model.box_head.pooler=roi_pool")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL, SyncBN")
+    p.add_argument("--cpus-per-worker", type=float)
+    p.add_argument("--gpus-per-worker", type=float)
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"])
+    p.add_argument("--batch-size", type=int, help="images per worker per step")
+    p.add_argument("--max-iters", type=int)
+    p.add_argument("--minutes", type=float, help="time budget (the schedule decays at fractions of it)")
+    p.add_argument("--eval-every", type=int, help="evaluate on the val shards every N iterations (and at the end)")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--storage-path", help="shared storage for checkpoints (local path, s3://, gs://)")
+    p.add_argument("--name", help="run name; relaunching with the same name and storage path resumes")
+    p.add_argument("--max-failures", type=int, help="worker failures to recover from")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--experiment")
+    p.add_argument("--model-name", help="registered model name (alias 'best' follows segm AP)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("demo", help="end to end on the embedded default: data, train, evaluate, segment")
     p.add_argument("--workdir", default="mrcnn-demo", help="everything goes under this folder")
     p.add_argument("--minutes", type=float, default=8.0, help="training budget in minutes")
     p.add_argument("--train", type=int, default=400, help="synthetic training images")
     p.add_argument("--val", type=int, default=100, help="synthetic validation images")
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
+    p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 

@@ -94,18 +94,19 @@ class TrainRunConfig:
 
 
 # ------------------------------------------------------------------ worker side
-def _all_agree_to_stop(local_stop: bool) -> bool:
-    """True if any rank wants to stop (DDP needs every rank to run the same number of steps)."""
+def _max_across_ranks(value: float) -> float:
+    """The largest value over all ranks: every rank then takes the same time-based decisions
+    (learning rate, when to stop), which DDP needs (same steps, same updates on every rank)."""
     import torch
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
-        return local_stop
-    flag = torch.tensor([1.0 if local_stop else 0.0])
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
     if dist.get_backend() == "nccl":
-        flag = flag.cuda()
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item() > 0)
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
 
 
 def _batches_forever(shard, batch_size: int, seed: int):
@@ -185,7 +186,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[run.amp]
 
     state: dict[str, Any] = {"iteration": 0, "elapsed_s": 0.0, "images_seen": 0, "history": [], "best_segm_ap": -1.0,
-                             "mlflow_run_id": None, "attempt": 0}
+                             "mlflow_run_id": None, "attempt": 0, "reports": 0}
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as ckpt_dir:
@@ -268,14 +269,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
                     register_checkpoint(tracker, path, model_name=run.model_name, segm_ap=segm_ap, tracking_uri=run.tracking_uri)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{state['iteration']:07d}")
+            # A unique name per report: a final report can come at the same iteration as a periodic one.
+            state["reports"] += 1
+            name = f"checkpoint_{state['iteration']:07d}_{state['reports']:04d}"
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
     model.train()
     start = time.perf_counter() - state["elapsed_s"]
-    while True:
-        state["elapsed_s"] = time.perf_counter() - start
-        if _all_agree_to_stop(progress() >= 1.0):
-            break
+    state["elapsed_s"] = _max_across_ranks(time.perf_counter() - start)
+    while progress() < 1.0:
         epoch, images, targets = next(batches)
         state["epoch"] = epoch
         images = [img.to(device) for img in images]
@@ -300,7 +302,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             _dump_parameters(model, Path(run.debug_dump_dir), rank, state["iteration"])
         if run.fail_at_iteration and state["iteration"] == run.fail_at_iteration and rank == world_size - 1:
             _fail_once(Path(run.storage_path) / run.name / ".injected_failure")
-        if state["iteration"] % run.checkpoint_every == 0:
+        state["elapsed_s"] = _max_across_ranks(time.perf_counter() - start)
+        if progress() < 1.0 and state["iteration"] % run.checkpoint_every == 0:
             report(final=False)
 
     report(final=True)

@@ -153,7 +153,8 @@ def main() -> None:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             sys.exit("gpu_check: no CUDA device here; pass --device cpu for a smoke run")
-        torch.backends.cudnn.benchmark = True
+        # No cudnn.benchmark: the RoI heads see a different number of RoIs every step, and autotuning
+        # each new shape made single steps 10x slower than the median (measured on an H200).
         print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}", flush=True)
     rows: list[dict] = []
     if args.only in (None, "inference"):

@@ -357,8 +357,10 @@ def _r18_fpn_small() -> Config:
                 pre_nms_top_n_test=500,
                 post_nms_top_n_test=250,
             ),
-            box_head=BoxHeadConfig(batch_size_per_image=128, aligned=True),
-            mask_head=MaskHeadConfig(),
+            # Fewer sampled RoIs and a narrower mask head than the paper's: 1-4 objects per 128 px image
+            # need no more, and it trains 1.5x faster on a CPU (benchmarks/RESULTS.md).
+            box_head=BoxHeadConfig(batch_size_per_image=64, aligned=True),
+            mask_head=MaskHeadConfig(conv_dim=128),
         ),
         solver=SolverConfig(
             optimizer="adamw",

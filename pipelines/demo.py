@@ -48,7 +48,7 @@ def run_demo(
     tracking_uri = default_tracking_uri(root)
     started_ray = False
     if not ray.is_initialized():
-        ray.init(address=ray_address, include_dashboard=False, log_to_driver=True)
+        ray.init(address=ray_address, log_to_driver=True)  # the dashboard serves the state API Ray Train polls
         started_ray = True
     try:
         _log(f"1/6 synthetic dataset ({num_train} train, {num_val} val) -> {root / 'data'}")

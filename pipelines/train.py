@@ -41,7 +41,7 @@ class TrainRunConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     workers: int = 2
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 0.0
     gpus_per_worker: float = 1.0
     amp: str = "none"
     batch_size: int = 4
@@ -236,7 +236,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     def report(*, final: bool) -> None:
         """Checkpoint (rank 0 writes it) and report; every rank must call this the same number of times."""
         metrics: dict[str, Any] = {"iteration": state["iteration"], "epoch": state.get("epoch", 0),
-                                   "images_seen": state["images_seen"], "final": final}
+                                   "images_seen": state["images_seen"], "final": final,
+                                   "train_seconds": state["elapsed_s"],
+                                   "train_images_per_s": state["images_seen"] / max(state["elapsed_s"], 1e-6)}
         if state["history"]:
             metrics.update({k: v for k, v in state["history"][-1].items() if k.startswith("loss") or k == "lr"})
         eval_now = val is not None and (final or state["iteration"] % run.eval_every == 0)
@@ -298,6 +300,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state["history"].append(record)
         if tracker is not None:
             tracker.log_metrics({f"train/{k}": v for k, v in record.items() if k != "iteration"}, step=state["iteration"])
+        if rank == 0 and (state["iteration"] == 1 or state["iteration"] % 25 == 0):
+            print(f"[train] iteration {state['iteration']}  epoch {epoch}  loss {losses['loss']:.3f}  lr {lr:.2e}  "
+                  f"{state['images_seen'] / max(time.perf_counter() - start, 1e-6):.1f} img/s  "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
         if run.debug_dump_dir:
             _dump_parameters(model, Path(run.debug_dump_dir), rank, state["iteration"])
         if run.fail_at_iteration and state["iteration"] == run.fail_at_iteration and rank == world_size - 1:
@@ -363,6 +369,22 @@ def run_key(run: TrainRunConfig) -> str:
     return f"{Path(run.storage_path).resolve() if '://' not in run.storage_path else run.storage_path}/{run.name}"
 
 
+def auto_cpus_per_worker(workers: int, *, use_gpu: bool) -> float:
+    """CPUs per training worker when not set: the cluster's CPUs less one for Ray Data's reading tasks,
+    shared by the workers, at most 1 on CPU-only runs (more threads per worker do not pay off with gloo
+    here) and at most 8 per GPU worker. Without a spare CPU, reading the shards would wait forever."""
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    share = (total - 1.0) / workers
+    if share < 0.25:
+        raise ValueError(
+            f"train: {workers} workers on {total:g} CPUs leave no CPU for reading the data; "
+            "use fewer workers or set cpus_per_worker explicitly"
+        )
+    return min(share, 8.0 if use_gpu else 1.0)
+
+
 @dataclass
 class TrainResult:
     iteration: int
@@ -390,12 +412,14 @@ def train(run: TrainRunConfig, *, ray_address: str | None = None) -> TrainResult
     if not (data_dir / "train").is_dir():
         raise ValueError(f"train: {data_dir}/train has no shards; run `mrcnn preprocess` first")
     if not ray.is_initialized():
-        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
+        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
 
     categories = read_categories(data_dir)
     cfg = run.model_config()
     if cfg.model.num_classes != categories.num_classes:
         cfg = cfg.replace(**{"model.num_classes": categories.num_classes})
+    if run.cpus_per_worker <= 0:
+        run = dataclasses.replace(run, cpus_per_worker=auto_cpus_per_worker(run.workers, use_gpu=run.use_gpu))
     train_ds = ray.data.read_parquet(str(data_dir / "train"), file_extensions=["parquet"])
     data_stats = {"train_images": train_ds.count(), "num_classes": categories.num_classes}
 

@@ -1,0 +1,1 @@
+"""Thin entrypoints for `ray job submit`: each parses arguments and calls pipelines/ (see docs/pipeline.md)."""

@@ -134,7 +134,6 @@ def bench_train(args, device, rows):
                 med, lo, hi = _time(run, device=device, warmup=args.warmup, repeats=args.repeats)
                 rows.append({"bench": f"train step {preset} {size}px", "dtype": dtype_name, "batch": batch, "ours_s": (med, lo, hi),
                              "images_per_s": batch / med})
-                del model, optimizer
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
 

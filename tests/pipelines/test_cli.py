@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -112,7 +111,6 @@ def test_eval_table_output(tmp_path):
 def test_bad_input_gives_one_line_error(tmp_path, small_checkpoint, make_args, expected):
     (tmp_path / "text.jpg").write_text("this is not an image\n")
     import torch
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
 
     if "sd.pt" in " ".join(make_args(tmp_path, small_checkpoint)):
         torch.save({"roi_heads.box_predictor.cls_score.weight": torch.zeros(3, 4)}, tmp_path / "sd.pt")

@@ -48,7 +48,7 @@ def test_bad_records_are_rejected_and_good_ones_survive(tmp_path):
     good_annotation_ids = {a["id"] for a in coco["annotations"]}
     first_image = coco["images"][0]
     template = next(a for a in coco["annotations"] if a["image_id"] == first_image["id"] and not a["iscrowd"])
-    height, width = first_image["height"], first_image["width"]
+    width = first_image["width"]
 
     def bad(ann_id, **changes):
         ann = copy.deepcopy(template)

@@ -333,9 +333,14 @@ def _dump_parameters(model, out_dir: Path, rank: int, iteration: int) -> None:
 
 
 def _fail_once(marker: Path) -> None:
-    """Fault injection for tests: kill this worker process the first time only."""
+    """Fault injection for tests: kill this worker process the first time only, once Ray Train has
+    registered every checkpoint reported so far (registration is asynchronous; a crash right after a
+    report could otherwise restart from an older checkpoint)."""
+    import ray.train
+
     if marker.exists():
         return
+    ray.train.get_all_reported_checkpoints(timeout_s=120)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(str(time.time()))
     os._exit(1)

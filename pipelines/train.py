@@ -132,13 +132,12 @@ def _load_val(data_dir: Path, max_images: int):
     """Val images + targets and the COCO ground truth built from the val shards (rank 0 only)."""
     import pyarrow.parquet as pq
 
-    from pipelines.shards import collate_shard_batch, shards_to_coco_gt
+    from pipelines.shards import collate_shard_batch, list_shards, shards_to_coco_gt
 
     split_dir = data_dir / "val"
-    if not split_dir.is_dir():
-        return None
-    files = sorted(split_dir.glob("*.parquet"))
-    if not files:
+    try:
+        files = list_shards(split_dir)
+    except FileNotFoundError:
         return None
     table = pq.read_table(files)
     if max_images:
@@ -406,7 +405,7 @@ def train(run: TrainRunConfig, *, ray_address: str | None = None) -> TrainResult
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipelines.shards import read_categories
+    from pipelines.shards import list_shards, read_categories
 
     run = run.validate()
     if not run.storage_path:
@@ -414,8 +413,6 @@ def train(run: TrainRunConfig, *, ray_address: str | None = None) -> TrainResult
     if "://" not in run.storage_path:
         run = dataclasses.replace(run, storage_path=str(Path(run.storage_path).resolve()))
     data_dir = Path(run.data)
-    if not (data_dir / "train").is_dir():
-        raise ValueError(f"train: {data_dir}/train has no shards; run `mrcnn preprocess` first")
     if not ray.is_initialized():
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
 
@@ -425,7 +422,7 @@ def train(run: TrainRunConfig, *, ray_address: str | None = None) -> TrainResult
         cfg = cfg.replace(**{"model.num_classes": categories.num_classes})
     if run.cpus_per_worker <= 0:
         run = dataclasses.replace(run, cpus_per_worker=auto_cpus_per_worker(run.workers, use_gpu=run.use_gpu))
-    train_ds = ray.data.read_parquet(str(data_dir / "train"), file_extensions=["parquet"])
+    train_ds = ray.data.read_parquet(list_shards(data_dir / "train"))
     data_stats = {"train_images": train_ds.count(), "num_classes": categories.num_classes}
 
     trainer = TorchTrainer(

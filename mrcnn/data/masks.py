@@ -27,6 +27,7 @@ __all__ = [
     "rles_to_masks",
     "rle_area",
     "rle_to_bbox_xyxy",
+    "mask_to_polygons",
 ]
 
 
@@ -290,3 +291,90 @@ def rle_to_bbox_xyxy(rle: Mapping) -> list[float]:
     """
     x, y, w, h = (float(v) for v in coco_mask.toBbox(_to_pycocotools(rle)))
     return [x, y, x + w, y + h]
+
+
+# Boundary directions when walking around a foreground region with it on the right-hand side
+# (image coordinates, y down): 0 = +x, 1 = +y, 2 = -x, 3 = -y. A right turn is (d + 1) % 4.
+_STEPS = ((1, 0), (0, 1), (-1, 0), (0, -1))
+
+
+def _boundary_edges(mask: np.ndarray) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """Unit pixel-edge steps between foreground and background, keyed by their start corner.
+
+    Returns:
+        ``{(x, y): [(direction, ...)]}``: corners are pixel-corner coordinates (pixel ``(r, c)``
+        spans ``[c, c + 1] x [r, r + 1]``); each step keeps its foreground pixel on the right.
+    """
+    padded = np.pad(mask, 1)
+    inner = padded[1:-1, 1:-1]
+    edges: dict[tuple[int, int], list[int]] = {}
+    # (background neighbour offset in padded coords, direction, start corner offset (dx, dy)).
+    sides = (
+        (padded[:-2, 1:-1], 0, (0, 0)),  # top side, walked left to right
+        (padded[1:-1, 2:], 1, (1, 0)),  # right side, walked down
+        (padded[2:, 1:-1], 2, (1, 1)),  # bottom side, walked right to left
+        (padded[1:-1, :-2], 3, (0, 1)),  # left side, walked up
+    )
+    for neighbour, direction, (dx, dy) in sides:
+        rows, cols = np.nonzero(inner & ~neighbour)
+        for x, y in zip((cols + dx).tolist(), (rows + dy).tolist()):
+            edges.setdefault((x, y), []).append(direction)
+    return edges
+
+
+def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
+    """Outer outlines of a binary mask as COCO polygons.
+
+    Each 4-connected region becomes one polygon that follows its pixel edges exactly (corner
+    coordinates: pixel ``(r, c)`` spans ``[c, c + 1] x [r, r + 1]``), with collinear points
+    removed. Holes are not represented (COCO polygons cannot express them): rasterising the
+    result with ``segmentation_to_rle`` gives the mask with its holes filled, up to
+    pycocotools' sub-pixel rasterisation along the outline.
+
+    Args:
+        mask (np.ndarray[H, W]): any dtype; nonzero means foreground.
+
+    Returns:
+        list[list[float]]: ``[[x0, y0, x1, y1, ...], ...]``, one list per region, absolute
+        pixels, largest region first; ``[]`` for an empty mask.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must have shape [H, W], got {tuple(mask.shape)}")
+    rows, cols = np.nonzero(mask)
+    if len(rows) == 0:
+        return []
+    top, left = int(rows.min()), int(cols.min())
+    crop = mask[top : int(rows.max()) + 1, left : int(cols.max()) + 1] != 0
+    edges = _boundary_edges(crop)
+    polygons: list[tuple[float, list[float]]] = []
+    while edges:
+        start = next(iter(edges))
+        corner, direction = start, edges[start][0]
+        points: list[tuple[int, int]] = []
+        while True:
+            outgoing = edges[corner]
+            if len(outgoing) > 1:  # a corner shared by two diagonal pixels: keep to the right (4-connectivity)
+                direction = next(d for d in ((direction + 1) % 4, direction, (direction + 3) % 4) if d in outgoing)
+            else:
+                direction = outgoing[0]
+            outgoing.remove(direction)
+            if not outgoing:
+                del edges[corner]
+            if not points or points[-1][2] != direction:
+                points.append((corner[0], corner[1], direction))
+            step = _STEPS[direction]
+            corner = (corner[0] + step[0], corner[1] + step[1])
+            if corner not in edges:  # back at the start: the loop is closed
+                break
+        if len(points) > 1 and points[0][2] == points[-1][2]:
+            points.pop(0)  # the start lay in the middle of a straight run
+        xs = np.array([p[0] for p in points], dtype=np.float64)
+        ys = np.array([p[1] for p in points], dtype=np.float64)
+        signed_area = 0.5 * float(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1)))
+        if signed_area <= 0:  # walked with the foreground on the right, a hole runs the other way
+            continue
+        flat = np.stack([xs + left, ys + top], axis=1).reshape(-1).tolist()
+        polygons.append((signed_area, flat))
+    polygons.sort(key=lambda item: -item[0])
+    return [flat for _, flat in polygons]

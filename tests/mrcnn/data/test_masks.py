@@ -9,6 +9,7 @@ from pycocotools.coco import COCO
 from mrcnn.data.coco import load_coco
 from mrcnn.data.masks import (
     SegmentationError,
+    mask_to_polygons,
     mask_to_rle,
     masks_to_rles,
     rle_area,
@@ -135,3 +136,41 @@ def test_area_and_box():
     single[4, 1] = 1
     assert rle_to_bbox_xyxy(mask_to_rle(single)) == [1.0, 4.0, 2.0, 5.0]
     assert rle_to_bbox_xyxy(mask_to_rle(np.zeros((5, 5)))) == [0.0, 0.0, 0.0, 0.0]
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Background pixels not 4-connected to the border become foreground (a flood fill)."""
+    from scipy import ndimage
+
+    return ndimage.binary_fill_holes(mask.astype(bool), structure=ndimage.generate_binary_structure(2, 1))
+
+
+def test_mask_to_polygons_hand_made():
+    assert mask_to_polygons(_rectangle(10, 12, 3, 2, 7, 5)) == [[3.0, 2.0, 7.0, 2.0, 7.0, 5.0, 3.0, 5.0]]
+    diagonal = np.zeros((6, 6), np.uint8)
+    diagonal[1, 1] = diagonal[2, 2] = 1  # touch at a corner only: two 4-connected regions
+    assert sorted(mask_to_polygons(diagonal)) == [[1.0, 1.0, 2.0, 1.0, 2.0, 2.0, 1.0, 2.0],
+                                                  [2.0, 2.0, 3.0, 2.0, 3.0, 3.0, 2.0, 3.0]]  # fmt: skip
+    ring = _rectangle(9, 9, 1, 1, 8, 8)
+    ring[3:6, 3:6] = 0  # the hole is dropped
+    assert mask_to_polygons(ring) == [[1.0, 1.0, 8.0, 1.0, 8.0, 8.0, 1.0, 8.0]]
+    assert mask_to_polygons(np.zeros((4, 4), np.uint8)) == []
+    with pytest.raises(ValueError, match="shape"):
+        mask_to_polygons(np.zeros((2, 3, 4)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mask_to_polygons_rasterise_back_to_the_mask(seed):
+    """pycocotools rasterises the polygons back to exactly the mask with its holes filled."""
+    rng = np.random.default_rng(seed)
+    H, W = 40, 50
+    yy, xx = np.mgrid[:H, :W]
+    blobs = np.zeros((H, W), bool)
+    for _ in range(3):
+        cy, cx, ry, rx = rng.uniform(5, 35), rng.uniform(5, 45), rng.uniform(2, 12), rng.uniform(2, 12)
+        blobs |= (yy - cy) ** 2 / ry**2 + (xx - cx) ** 2 / rx**2 < 1
+    blobs |= rng.random((H, W)) < 0.05  # isolated pixels, and pixels touching only diagonally
+    polygons = mask_to_polygons(blobs)
+    assert all(len(p) >= 8 and len(p) % 2 == 0 for p in polygons)
+    back = rle_to_mask(segmentation_to_rle(polygons, height=H, width=W))
+    np.testing.assert_array_equal(back.astype(bool), _fill_holes(blobs))

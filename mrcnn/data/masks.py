@@ -20,14 +20,14 @@ from pycocotools import mask as coco_mask
 
 __all__ = [
     "SegmentationError",
-    "segmentation_to_rle",
+    "mask_to_polygons",
     "mask_to_rle",
     "masks_to_rles",
-    "rle_to_mask",
-    "rles_to_masks",
     "rle_area",
     "rle_to_bbox_xyxy",
-    "mask_to_polygons",
+    "rle_to_mask",
+    "rles_to_masks",
+    "segmentation_to_rle",
 ]
 
 

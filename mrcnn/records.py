@@ -34,6 +34,23 @@ DETECTION_FIELDS: tuple[str, ...] = (
     "area",  # float, mask pixel count
 )
 
+# One row per segmented image in batch segmentation's Parquet output (``mrcnn segment``). The
+# list columns hold one entry per detection, best first; names follow SHARD_COLUMNS. name -> arrow type.
+SEGMENT_COLUMNS: dict[str, str] = {
+    "key": "string",  # the image's id in its input: path relative to the input folder, or str(image_id)
+    "file_name": "string",
+    "image_id": "int64",  # the shard row's image id; null for a folder input
+    "height": "int32",
+    "width": "int32",
+    "labels": "list<int32>",  # contiguous 1..K
+    "category_ids": "list<int32>",
+    "category_names": "list<string>",
+    "scores": "list<float32>",
+    "boxes": "list<list<float32>[4]>",  # XYXY, absolute pixels
+    "masks_rle": "list<string>",  # compressed RLE counts (size = height, width)
+    "area": "list<float32>",  # mask pixel count
+}
+
 
 def detection_record(
     *,

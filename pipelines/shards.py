@@ -34,6 +34,7 @@ from mrcnn.records import SHARD_COLUMNS
 
 __all__ = [
     "CATEGORIES_FILE",
+    "columns_schema",
     "shard_schema",
     "shard_file_name",
     "list_shards",
@@ -75,9 +76,14 @@ def _arrow_type(spec: str) -> pa.DataType:
     return _PRIMITIVE_TYPES[spec]
 
 
+def columns_schema(columns: Mapping[str, str]) -> pa.Schema:
+    """The pyarrow schema of a ``{name: type spec}`` table of :mod:`mrcnn.records` (same order)."""
+    return pa.schema([pa.field(name, _arrow_type(spec)) for name, spec in columns.items()])
+
+
 def shard_schema() -> pa.Schema:
     """The pyarrow schema of a shard row, built from :data:`mrcnn.records.SHARD_COLUMNS` (same order)."""
-    return pa.schema([pa.field(name, _arrow_type(spec)) for name, spec in SHARD_COLUMNS.items()])
+    return columns_schema(SHARD_COLUMNS)
 
 
 def shard_file_name(index: int, num_shards: int) -> str:

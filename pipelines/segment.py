@@ -1,0 +1,902 @@
+"""Batch segmentation with Ray Data: a folder of images or a Parquet shard set -> detections.
+
+``mrcnn segment --model URI --input DIR|SHARDS --out OUT`` writes::
+
+    OUT/_segment.json            what the folder holds: input, model (URI and sha256), options
+    OUT/_parts/part-<h>.parquet  one file per batch of images, rows of PART_COLUMNS (written as tmp + rename)
+    OUT/results.json             COCO results json, the records `mrcnn predict` writes (--format coco|both)
+    OUT/detections.parquet       one row per image, mrcnn.records.SEGMENT_COLUMNS (--format parquet|both)
+    OUT/overlays/<name>.png      masks drawn over each image (--overlays)
+    OUT/rejects.jsonl            one json per skipped image: key, file, image_id, reason, message
+    OUT/_summary.json            counts, rejects by reason, images/s, output paths
+
+How the work is split:
+
+- the driver lists the input. For a folder it lists image files recursively, by suffix,
+  skipping hidden entries and ``OUT``. For a shard set (``OUT/<split>`` of ``mrcnn preprocess``)
+  it reads the ``image_id`` column. It also reads the keys of the part files already written.
+  It never reads image bytes;
+- a ``map_batches`` over an actor pool (``ActorPoolStrategy``) does the work: one
+  :class:`SegmentWorker` per actor, each with one :class:`mrcnn.predictor.Predictor` loaded once
+  in ``__init__``, and a GPU per actor with ``gpu=True``. Each call takes ``part_size`` images. It
+  reads and decodes them, runs the model ``batch_size`` images per forward pass, writes the
+  overlays, then writes one part file, and returns one small status row per image;
+- the driver streams those rows for progress. At the end it assembles ``results.json``,
+  ``detections.parquet`` and ``rejects.jsonl`` from the part files, one part at a time.
+
+Bad images never fail a batch. An image that cannot be read or decoded is recorded with its
+reason (the codes of :class:`mrcnn.data.images.ImageDecodeError`, plus ``read_error`` and
+``inference_error``), and the rest of its batch goes on.
+
+Resume: a part file is only there when it is complete. Its name is a hash of its image keys, so
+a retried batch overwrites its own file. A re-run over the same ``OUT`` first drops the images
+that a part file already holds, so a crashed run loses at most the batches in flight. Images
+rejected for a reason that may pass (``RETRIED_REASONS``: I/O and model errors) are tried again,
+and with ``retry_rejects`` every rejected image is. Outputs keep one row per image even if two
+parts hold it, and a result wins over a reject. ``OUT/_segment.json`` records the input, the model's sha256 and the
+options that change results. A re-run with different ones is refused unless ``overwrite=True``.
+
+Paths may be local or pyarrow filesystem URIs (``s3://``); the model is sent to the actors
+through the object store, so workers on other nodes need no access to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from mrcnn.data.images import ImageDecodeError, decode_image
+from mrcnn.records import SEGMENT_COLUMNS, coco_result, detection_record
+from pipelines.preprocess import ray_session
+from pipelines.shards import (
+    SHARD_FILE_PATTERN,
+    columns_schema,
+    display_path,
+    join_path,
+    read_bytes,
+    resolve_path,
+)
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_PART_SIZE",
+    "IMAGE_SUFFIXES",
+    "SegmentSummary",
+    "SegmentWorker",
+    "segment",
+    "segment_schema",
+]
+
+DEFAULT_BATCH_SIZE = 2  # images per forward pass (as `mrcnn predict`)
+DEFAULT_PART_SIZE = 32  # images per map_batches call, and per part file
+FORMATS = ("coco", "parquet", "both")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+MANIFEST_FILE = "_segment.json"
+SUMMARY_FILE = "_summary.json"
+PARTS_DIR = "_parts"
+RESULTS_FILE = "results.json"
+DETECTIONS_FILE = "detections.parquet"
+REJECTS_FILE = "rejects.jsonl"
+OVERLAYS_DIR = "overlays"
+MANIFEST_VERSION = 1
+OK = "ok"  # the status of an image with results; any other status is a reject reason
+# Reject reasons that may pass on a re-run (I/O, a model error); the others are properties of the file.
+RETRIED_REASONS = frozenset({"read_error", "missing_file", "unreadable_file", "inference_error"})
+
+# A part file row: the detection columns plus what happened to the image.
+PART_COLUMNS: dict[str, str] = {
+    **SEGMENT_COLUMNS,
+    "status": "string",  # OK, or the reject reason
+    "message": "string",  # the reject message; null for OK
+}
+# What a worker returns to the driver per image (small: no pixels, no masks).
+_STATUS_COLUMNS = ("key", "status", "num_detections", "part")
+
+
+def segment_schema(columns: dict[str, str] = SEGMENT_COLUMNS) -> pa.Schema:
+    """The arrow schema of ``detections.parquet`` (default) or of a part file (``PART_COLUMNS``)."""
+    return columns_schema(columns)
+
+
+class SegmentInterrupted(RuntimeError):
+    """Raised by the ``fail_after_parts`` test hook: the run stops as a crashed driver would."""
+
+
+# ---------------------------------------------------------------- summary
+@dataclass(frozen=True)
+class SegmentSummary:
+    """What one ``segment`` run did, and what ``OUT`` now holds.
+
+    Attributes:
+        input (str): the input folder or shard set, as given.
+        input_kind (str): ``"images"`` or ``"shards"``.
+        out_dir (str): the output folder.
+        model_uri (str): the model URI, as given.
+        model_sha256 (str): hash of the checkpoint file.
+        num_inputs (int): images in the input (files with an image suffix, or shard rows).
+        num_ignored_files (int): files of a folder input without an image suffix (not read).
+        num_already_done (int): images with results from an earlier run, not processed again.
+        num_processed (int): images this run gave results for.
+        num_rejected_now (int): images this run skipped (unreadable, ...).
+        num_results (int): images with results in the outputs (all runs).
+        num_detections (int): detections in the outputs.
+        rejects_by_reason (dict[str, int]): skipped images in the outputs, by reason.
+        duplicates_dropped (int): extra results for an image found in the part files and left out
+            of the outputs (a batch that a crashed run's last actors finished while the next run
+            redid it). Older rejects that a later result or reject replaced are not counted.
+        outputs (dict[str, str]): ``results``, ``detections``, ``rejects``, ``summary``, ``overlays`` paths.
+        seconds (float): wall time of the whole run.
+        pipeline_seconds (float): wall time of the Ray Data pipeline alone (0 when nothing was left to do).
+    """
+
+    input: str
+    input_kind: str
+    out_dir: str
+    model_uri: str
+    model_sha256: str
+    num_inputs: int
+    num_ignored_files: int
+    num_already_done: int
+    num_processed: int
+    num_rejected_now: int
+    num_results: int
+    num_detections: int
+    rejects_by_reason: dict[str, int] = field(repr=False)
+    duplicates_dropped: int = 0
+    outputs: dict[str, str] = field(default_factory=dict, repr=False)
+    seconds: float = 0.0
+    pipeline_seconds: float = 0.0
+
+    @property
+    def num_rejects(self) -> int:
+        return sum(self.rejects_by_reason.values())
+
+    @property
+    def images_per_second(self) -> float:
+        """Images handled by this run's pipeline (results and rejects) per second of its wall time."""
+        done = self.num_processed + self.num_rejected_now
+        return done / self.pipeline_seconds if self.pipeline_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input": self.input,
+            "input_kind": self.input_kind,
+            "out_dir": self.out_dir,
+            "model_uri": self.model_uri,
+            "model_sha256": self.model_sha256,
+            "num_inputs": self.num_inputs,
+            "num_ignored_files": self.num_ignored_files,
+            "num_already_done": self.num_already_done,
+            "num_processed": self.num_processed,
+            "num_rejected_now": self.num_rejected_now,
+            "num_results": self.num_results,
+            "num_detections": self.num_detections,
+            "num_rejects": self.num_rejects,
+            "rejects": dict(self.rejects_by_reason),
+            "duplicates_dropped": self.duplicates_dropped,
+            "outputs": dict(self.outputs),
+            "seconds": round(self.seconds, 3),
+            "pipeline_seconds": round(self.pipeline_seconds, 3),
+            "images_per_second": round(self.images_per_second, 3),
+        }
+
+    def format(self) -> str:
+        """A few human lines: counts, rejects by reason, output paths."""
+        lines = [
+            (
+                f"segment: {self.num_results} of {self.num_inputs} images have results ({self.num_detections} "
+                f"detections); this run: {self.num_processed} processed, {self.num_rejected_now} skipped, "
+                f"{self.num_already_done} already done; {self.seconds:.1f} s ({self.images_per_second:.2f} images/s)"
+            )
+        ]
+        if self.num_ignored_files:
+            lines.append(f"  ignored {self.num_ignored_files} file(s) without an image suffix")
+        for reason, count in self.rejects_by_reason.items():
+            lines.append(f"  skipped {reason}: {count}")
+        for name, path in self.outputs.items():
+            lines.append(f"  {name + ':':<12}{path}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- files
+def _tmp_path(path: str) -> str:
+    """A hidden temporary beside ``path``: ``dir/.name.tmp-<random>``."""
+    parent, name = path.rsplit("/", 1)
+    return f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
+
+
+def _is_tmp(base_name: str) -> bool:
+    return base_name.startswith(".") and ".tmp-" in base_name
+
+
+def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to a hidden temporary beside ``path``, then rename it over ``path``.
+
+    A reader sees either the old file or the whole new one, never a partial one.
+    """
+    tmp = _tmp_path(path)
+    with fs.open_output_stream(tmp) as stream:
+        stream.write(data)
+    fs.move(tmp, path)
+
+
+def _is_file(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def _list_files(fs: pafs.FileSystem, folder: str, *, recursive: bool) -> list[pafs.FileInfo]:
+    selector = pafs.FileSelector(folder, recursive=recursive, allow_not_found=True)
+    return [info for info in fs.get_file_info(selector) if info.type == pafs.FileType.File]
+
+
+def _table_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def part_file_name(keys: Iterable[str]) -> str:
+    """``part-<hash>.parquet``: the same images give the same name, so a retried batch replaces its file."""
+    digest = hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()[:20]
+    return f"part-{digest}.parquet"
+
+
+def _sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- the actor
+def _detections_columns(records: list[dict[str, Any]]) -> dict[str, list]:
+    """One image's detection records (best first) -> the list-column values of its row."""
+    return {
+        "labels": [d["label"] for d in records],
+        "category_ids": [d["category_id"] for d in records],
+        "category_names": [d["category_name"] for d in records],
+        "scores": [d["score"] for d in records],
+        "boxes": [d["box_xyxy"] for d in records],
+        "masks_rle": [None if d["segmentation"] is None else d["segmentation"]["counts"] for d in records],
+        "area": [d["area"] for d in records],
+    }
+
+
+def row_to_records(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A ``detections.parquet`` row (as a python dict) -> the image's detection records, best first.
+
+    The values come back exactly: scores and boxes are float32 in the model and in the file.
+    """
+    size = [row["height"], row["width"]]
+    return [
+        detection_record(
+            label=label,
+            category_id=category_id,
+            category_name=name,
+            score=score,
+            box_xyxy=box,
+            segmentation=None if counts is None else {"size": size, "counts": counts},
+            area=area,
+        )
+        for label, category_id, name, score, box, counts, area in zip(
+            row["labels"], row["category_ids"], row["category_names"], row["scores"], row["boxes"],
+            row["masks_rle"], row["area"],
+        )
+    ]
+
+
+class SegmentWorker:
+    """The ``map_batches`` callable of the actor pool: one model per actor, loaded once here.
+
+    Args:
+        checkpoint: the checkpoint file's bytes, or an ObjectRef to them (sent once per actor).
+        device (str): ``"cpu"`` or ``"cuda"``.
+        num_threads (int | None): torch CPU threads (the actor's CPUs); None leaves torch's default.
+        score_threshold, mask_threshold (float): as :class:`mrcnn.predictor.Predictor`.
+        batch_size (int): images per forward pass.
+        out (str): the output folder (path or URI).
+        overlays (bool): draw the masks over each image into ``OUT/overlays/``.
+    """
+
+    def __init__(
+        self,
+        *,
+        checkpoint: Any,
+        device: str = "cpu",
+        num_threads: int | None = None,
+        score_threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        out: str,
+        overlays: bool = False,
+    ) -> None:
+        import tempfile
+
+        import ray
+        import torch
+
+        from mrcnn.predictor import Predictor
+
+        if isinstance(checkpoint, ray.ObjectRef):
+            checkpoint = ray.get(checkpoint)
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        with tempfile.TemporaryDirectory(prefix="mrcnn-segment-") as tmp:
+            path = os.path.join(tmp, "model.ckpt")
+            with open(path, "wb") as handle:
+                handle.write(checkpoint)
+            self.predictor = Predictor.from_checkpoint(
+                path, device=device, score_threshold=score_threshold, mask_threshold=mask_threshold
+            )
+        self.batch_size = batch_size
+        self.out_fs, self.out_root = resolve_path(out)
+        self.overlays = overlays
+        self.schema = segment_schema(PART_COLUMNS)
+
+    def _read(self, row: dict[str, Any], image: Any) -> np.ndarray:
+        """Decode one row's image: from the ``image`` bytes column, or the file at ``path``."""
+        source = row["file_name"] if row.get("image_id") is None else f"image {row['image_id']} ({row['file_name']})"
+        if image is None and row.get("path") is not None:
+            fs, path = resolve_path(row["path"])
+            try:
+                image = read_bytes(fs, path)
+            except FileNotFoundError:
+                raise ImageDecodeError(f"{source}: image file not found", source=source, reason="missing_file") from None
+            except OSError as exc:
+                raise ImageDecodeError(f"{source}: cannot read file: {exc}", source=source, reason="read_error") from None
+        if image is None:
+            raise ImageDecodeError(f"{source}: no image bytes in the shard row", source=source, reason="empty")
+        return decode_image(bytes(image), source=source)
+
+    def _predict(self, images: list[np.ndarray]) -> list[list[dict[str, Any]] | Exception]:
+        """Records per image, ``batch_size`` at a time; a failing forward pass is retried one image at a time."""
+        results: list[list[dict[str, Any]] | Exception] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            try:
+                results.extend(self.predictor.predict(chunk))
+            except Exception as exc:  # noqa: BLE001 -- a model error on one image must not fail the batch
+                if len(chunk) == 1:
+                    results.append(exc)
+                    continue
+                for image in chunk:  # find the image that breaks the model: only it is rejected
+                    try:
+                        results.extend(self.predictor.predict([image]))
+                    except Exception as single_exc:  # noqa: BLE001 -- reported as that image's reject
+                        results.append(single_exc)
+        return results
+
+    def _write_overlay(self, name: str, image: np.ndarray, records: list[dict[str, Any]]) -> None:
+        from PIL import Image
+
+        from mrcnn.visualize import draw_detections
+
+        buffer = io.BytesIO()
+        Image.fromarray(draw_detections(image, records)).save(buffer, format="PNG")
+        path = join_path(self.out_root, OVERLAYS_DIR, name)
+        self.out_fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        _write_atomic(self.out_fs, path, buffer.getvalue())
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Segment one batch of input rows, write its part file, return one status row per image.
+
+        Args:
+            batch (pa.Table): ``key``, ``file_name``, ``image_id`` (null for a folder) and either
+                ``path`` (a file path or URI) or ``image`` (encoded bytes), optionally ``overlay``
+                (the overlay file name); any number of rows.
+
+        Returns:
+            pa.Table: ``key``, ``status`` (``"ok"`` or the reject reason), ``num_detections``, ``part``.
+        """
+        rows = batch.drop_columns([c for c in ("image",) if c in batch.column_names]).to_pylist()
+        images_in = batch.column("image").to_pylist() if "image" in batch.column_names else [None] * len(rows)
+        out_rows: list[dict[str, Any]] = []
+        decoded: list[tuple[int, np.ndarray]] = []
+        for index, (row, image) in enumerate(zip(rows, images_in)):
+            if row.get("image_id") is not None:
+                row["key"] = str(row["image_id"])
+            out_row = dict.fromkeys(PART_COLUMNS)
+            out_row.update(key=row["key"], file_name=row["file_name"], image_id=row.get("image_id"))
+            out_rows.append(out_row)
+            try:
+                pixels = self._read(row, image)
+            except ImageDecodeError as exc:
+                out_rows[index].update(status=exc.reason, message=str(exc))
+                continue
+            decoded.append((index, pixels))
+        del images_in
+        predictions = self._predict([pixels for _, pixels in decoded])
+        for (index, pixels), records in zip(decoded, predictions):
+            row, out_row = rows[index], out_rows[index]
+            height, width = pixels.shape[:2]
+            out_row.update(height=height, width=width)
+            if isinstance(records, Exception):
+                out_row.update(status="inference_error", message=f"{row['file_name']}: model failed: {records}")
+                continue
+            if self.overlays:
+                name = row.get("overlay") or f"{PurePosixPath(row['key']).with_suffix('')}.png"
+                self._write_overlay(name, pixels, records)
+            out_row.update(status=OK, **_detections_columns(records))
+        part = part_file_name(r["key"] for r in out_rows)
+        table = pa.Table.from_pylist(out_rows, schema=self.schema)
+        parts_dir = join_path(self.out_root, PARTS_DIR)
+        _write_atomic(self.out_fs, join_path(parts_dir, part), _table_bytes(table))
+        return pa.table(
+            {
+                "key": [r["key"] for r in out_rows],
+                "status": [r["status"] for r in out_rows],
+                "num_detections": pa.array([len(r["scores"] or ()) for r in out_rows], type=pa.int32()),
+                "part": [part] * len(out_rows),
+            }
+        )
+
+
+# ---------------------------------------------------------------- input
+@dataclass
+class _Input:
+    kind: str  # "images" | "shards"
+    shown: str  # as given
+    resolved: str  # absolute path or URI, for the manifest
+    keys: list[str]  # every image's key, in input order
+    table: pa.Table | None = None  # images: key, file_name, image_id, path, overlay
+    shard_paths: list[str] = field(default_factory=list)
+    num_ignored_files: int = 0
+
+
+def _overlay_names(keys: list[str]) -> list[str]:
+    """``a/b.jpg`` -> ``a/b.png``; where two keys would share a name (``b.jpg``, ``b.png``) both keep their suffix."""
+    stems = [f"{PurePosixPath(key).with_suffix('')}.png" for key in keys]
+    counts = Counter(stems)
+    return [stem if counts[stem] == 1 else f"{key}.png" for key, stem in zip(keys, stems)]
+
+
+def _open_input(source: str | os.PathLike, out_fs: pafs.FileSystem, out_root: str) -> _Input:
+    """List a folder of images (recursively) or a shard set; no image is read."""
+    fs, root = resolve_path(source)
+    shown = os.fspath(source)
+    info = fs.get_file_info(root)
+    if info.type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"input folder not found: {shown} (expected a folder of images or of shard files)")
+    resolved = display_path(source, fs, root)
+    files = _list_files(fs, root, recursive=False)
+    shard_files = sorted(f.path for f in files if SHARD_FILE_PATTERN.fullmatch(f.base_name))
+    if shard_files:
+        paths = [display_path(source, fs, p) for p in shard_files]
+        ids: list[int] = []
+        for path in shard_files:
+            with fs.open_input_file(path) as handle:
+                parquet = pq.ParquetFile(handle)
+                if "image" not in parquet.schema_arrow.names or "image_id" not in parquet.schema_arrow.names:
+                    raise ValueError(
+                        f"{display_path(source, fs, path)}: a shard file needs the columns image_id and image, "
+                        f"got {parquet.schema_arrow.names}"
+                    )
+                ids.extend(parquet.read(columns=["image_id"]).column(0).to_pylist())
+        repeated = [image_id for image_id, count in Counter(ids).items() if count > 1]
+        if repeated:
+            raise ValueError(f"{shown}: image_id {repeated[0]} appears in more than one shard row; image ids must be unique")
+        return _Input("shards", shown, resolved, [str(i) for i in ids], shard_paths=paths)
+
+    same_fs = type(fs) is type(out_fs)
+    keys, paths, ignored = [], [], 0
+    for entry in _list_files(fs, root, recursive=True):
+        relative = entry.path[len(root) :].lstrip("/")
+        if same_fs and (entry.path == out_root or entry.path.startswith(out_root.rstrip("/") + "/")):
+            continue  # our own outputs (overlays) inside the input folder
+        if any(part.startswith(".") for part in relative.split("/")):
+            continue
+        if PurePosixPath(relative).suffix.lower() not in IMAGE_SUFFIXES:
+            ignored += 1
+            continue
+        keys.append(relative)
+        paths.append(display_path(source, fs, entry.path))
+    if not keys:
+        raise FileNotFoundError(
+            f"{shown}: no image files ({', '.join(IMAGE_SUFFIXES)}) and no shard files (part-*-of-*.parquet); "
+            f"for a preprocessed dataset give its split folder, e.g. OUT/val"
+        )
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    keys = [keys[i] for i in order]
+    table = pa.table(
+        {
+            "key": keys,
+            "file_name": keys,
+            "image_id": pa.nulls(len(keys), type=pa.int64()),
+            "path": [paths[i] for i in order],
+            "overlay": _overlay_names(keys),
+        }
+    )
+    return _Input("images", shown, resolved, keys, table=table, num_ignored_files=ignored)
+
+
+# ---------------------------------------------------------------- output folder
+def _manifest(inp: _Input, model_uri: str, sha256: str, score_threshold: float, mask_threshold: float, overlays: bool) -> dict:
+    return {
+        "version": MANIFEST_VERSION,
+        "input": inp.resolved,
+        "input_kind": inp.kind,
+        "model_uri": str(model_uri),
+        "model_sha256": sha256,
+        "score_threshold": score_threshold,
+        "mask_threshold": mask_threshold,
+        "overlays": overlays,
+    }
+
+
+# Fields that must agree for a re-run to add to the same folder (model_uri may change: the hash decides).
+_RESUME_FIELDS = ("version", "input", "input_kind", "model_sha256", "score_threshold", "mask_threshold", "overlays")
+
+
+def _clear_outputs(fs: pafs.FileSystem, root: str) -> None:
+    for name in (PARTS_DIR, OVERLAYS_DIR):
+        if fs.get_file_info(join_path(root, name)).type == pafs.FileType.Directory:
+            fs.delete_dir(join_path(root, name))
+    for name in (RESULTS_FILE, DETECTIONS_FILE, REJECTS_FILE, SUMMARY_FILE, MANIFEST_FILE):
+        if _is_file(fs, join_path(root, name)):
+            fs.delete_file(join_path(root, name))
+
+
+def _prepare_out(fs: pafs.FileSystem, root: str, shown: str, manifest: dict, overwrite: bool) -> None:
+    """Check a previous run's manifest (refuse a mismatch unless ``overwrite``), then write this one."""
+    path = join_path(root, MANIFEST_FILE)
+    parts_dir = join_path(root, PARTS_DIR)
+    if overwrite:
+        _clear_outputs(fs, root)
+    elif _is_file(fs, path):
+        try:
+            previous = json.loads(read_bytes(fs, path))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{shown}/{MANIFEST_FILE}: not valid json ({exc}); use --overwrite to start again") from None
+        changed = [name for name in _RESUME_FIELDS if previous.get(name) != manifest[name]]
+        if changed:
+            details = "; ".join(f"{name}: {previous.get(name)!r} before, {manifest[name]!r} now" for name in changed)
+            raise ValueError(
+                f"{shown} holds results of a different run ({details}); resuming needs the same input, model and "
+                f"options: use another --out, or --overwrite to discard them"
+            )
+    elif fs.get_file_info(parts_dir).type == pafs.FileType.Directory and _list_files(fs, parts_dir, recursive=False):
+        raise ValueError(f"{shown}: has part files but no {MANIFEST_FILE}; use --overwrite to discard them")
+    fs.create_dir(parts_dir, recursive=True)
+    stale = _list_files(fs, root, recursive=False) + _list_files(fs, parts_dir, recursive=False)
+    stale += _list_files(fs, join_path(root, OVERLAYS_DIR), recursive=True)
+    for info in stale:
+        if _is_tmp(info.base_name):
+            fs.delete_file(info.path)  # a write that a crash interrupted
+    _write_atomic(fs, path, (json.dumps(manifest, indent=1) + "\n").encode())
+
+
+def _part_paths(fs: pafs.FileSystem, root: str) -> list[str]:
+    parts_dir = join_path(root, PARTS_DIR)
+    return sorted(
+        info.path
+        for info in _list_files(fs, parts_dir, recursive=False)
+        if info.base_name.startswith("part-") and info.base_name.endswith(".parquet")
+    )
+
+
+def _read_part(fs: pafs.FileSystem, path: str, columns: list[str] | None = None) -> pa.Table:
+    with fs.open_input_file(path) as handle:
+        return pq.read_table(handle, columns=columns)
+
+
+def _done_keys(fs: pafs.FileSystem, root: str, *, retry_rejects: bool) -> set[str]:
+    """Keys of the images a re-run skips: those with results, and those rejected for a reason that
+    does not go away by trying again (not an image, truncated, ...) unless ``retry_rejects``."""
+    done: set[str] = set()
+    for path in _part_paths(fs, root):
+        table = _read_part(fs, path, ["key", "status"])
+        for key, status in zip(table.column("key").to_pylist(), table.column("status").to_pylist()):
+            if status == OK or not (retry_rejects or status in RETRIED_REASONS):
+                done.add(key)
+    return done
+
+
+def _assemble(fs: pafs.FileSystem, root: str, shown: str, formats: str) -> dict[str, Any]:
+    """Write results.json / detections.parquet / rejects.jsonl from the part files, one row per image.
+
+    Pass 1 reads keys and statuses and picks one row per image (a result over a reject, else the
+    first); pass 2 streams the chosen rows part by part.
+    """
+    parts = _part_paths(fs, root)
+    chosen: dict[str, tuple[int, int, bool]] = {}  # key -> (part index, row, is result)
+    duplicates = 0
+    for part_index, path in enumerate(parts):
+        table = _read_part(fs, path, ["key", "status"])
+        for row, (key, status) in enumerate(zip(table.column("key").to_pylist(), table.column("status").to_pylist())):
+            previous = chosen.get(key)
+            if previous is not None and previous[2] and status == OK:
+                duplicates += 1
+            if previous is None or (status == OK and not previous[2]):
+                chosen[key] = (part_index, row, status == OK)
+    keep: dict[int, set[int]] = {}
+    for part_index, row, _ in chosen.values():
+        keep.setdefault(part_index, set()).add(row)
+
+    want_coco = formats in ("coco", "both")
+    want_parquet = formats in ("parquet", "both")
+    schema = segment_schema()
+    outputs = {name: join_path(root, name) for name in (RESULTS_FILE, DETECTIONS_FILE, REJECTS_FILE)}
+    tmp = {name: _tmp_path(path) for name, path in outputs.items()}
+    rejects: Counter = Counter()
+    num_results = num_detections = 0
+    coco_stream = fs.open_output_stream(tmp[RESULTS_FILE]) if want_coco else None
+    parquet_stream = fs.open_output_stream(tmp[DETECTIONS_FILE]) if want_parquet else None
+    writer = pq.ParquetWriter(parquet_stream, schema) if want_parquet else None
+    rejects_stream = fs.open_output_stream(tmp[REJECTS_FILE])
+    first_record = True
+    try:
+        if coco_stream is not None:
+            coco_stream.write(b"[")
+        for part_index, path in enumerate(parts):
+            rows = keep.get(part_index)
+            if not rows:
+                continue
+            table = _read_part(fs, path)
+            table = table.take(pa.array(sorted(rows), type=pa.int64()))
+            status = table.column("status").to_pylist()
+            ok_mask = pa.array([s == OK for s in status])
+            results = table.filter(ok_mask)
+            for record in table.filter(pc.invert(ok_mask)).select(["key", "file_name", "image_id", "status", "message"]).to_pylist():
+                rejects[record["status"]] += 1
+                line = {"key": record["key"], "file": record["file_name"], "image_id": record["image_id"],
+                        "reason": record["status"], "message": record["message"]}  # fmt: skip
+                rejects_stream.write((json.dumps(line) + "\n").encode())
+            num_results += results.num_rows
+            num_detections += sum(len(s) for s in results.column("scores").to_pylist())
+            if writer is not None and results.num_rows:
+                writer.write_table(results.select(list(SEGMENT_COLUMNS)).cast(schema))
+            if coco_stream is not None:
+                for row in results.select(list(SEGMENT_COLUMNS)).to_pylist():
+                    for det in row_to_records(row):
+                        record = coco_result(det, image_id=row["image_id"], file_name=row["file_name"])
+                        coco_stream.write((("" if first_record else ",\n") + json.dumps(record)).encode())
+                        first_record = False
+        if coco_stream is not None:
+            coco_stream.write(b"]\n")
+    finally:
+        if writer is not None:
+            writer.close()
+        for stream in (coco_stream, parquet_stream, rejects_stream):
+            if stream is not None:
+                stream.close()
+    shown_outputs: dict[str, str] = {}
+    for name, kind in ((RESULTS_FILE, "results"), (DETECTIONS_FILE, "detections"), (REJECTS_FILE, "rejects")):
+        wanted = {RESULTS_FILE: want_coco, DETECTIONS_FILE: want_parquet, REJECTS_FILE: True}[name]
+        if wanted:
+            fs.move(tmp[name], outputs[name])
+            shown_outputs[kind] = f"{shown}/{name}"
+        elif _is_file(fs, outputs[name]):
+            fs.delete_file(outputs[name])  # another --format's file from an earlier run: it would be stale
+    return {
+        "num_results": num_results,
+        "num_detections": num_detections,
+        "rejects_by_reason": dict(sorted(rejects.items())),
+        "duplicates_dropped": duplicates,
+        "outputs": shown_outputs,
+    }
+
+
+# ---------------------------------------------------------------- driver
+def _check_options(*, workers, batch_size, part_size, score_threshold, mask_threshold, output_format, cpus_per_worker):
+    for name, value in (("workers", workers), ("batch_size", batch_size), ("part_size", part_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    for name, value in (("score_threshold", score_threshold), ("mask_threshold", mask_threshold)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}: expected a value in [0, 1], got {value!r}")
+    if output_format not in FORMATS:
+        raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {output_format!r}")
+    if cpus_per_worker is not None and cpus_per_worker <= 0:
+        raise ValueError(f"cpus_per_worker: expected a positive number, got {cpus_per_worker!r}")
+
+
+def _default_workers(gpu: bool, cpus_per_worker: float, kind: str) -> int:
+    """One actor per GPU; on CPU as many as the cluster's CPUs hold, less one for reading shards."""
+    import ray
+
+    resources = ray.cluster_resources()
+    if gpu:
+        num_gpus = int(resources.get("GPU", 0))
+        if num_gpus < 1:
+            raise ValueError("--gpu: the Ray cluster has no GPUs")
+        return num_gpus
+    free = resources.get("CPU", 1) - (1 if kind == "shards" else 0)
+    return max(1, int(free // cpus_per_worker))
+
+
+def _build_dataset(inp: _Input, done: set[str], part_size: int):
+    """The input rows still to do, as a Ray Dataset (no image bytes on the driver)."""
+    import ray
+    from ray.data.expressions import col
+
+    if inp.kind == "images":
+        mask = pa.array([key not in done for key in inp.keys])
+        table = inp.table.filter(mask)
+        blocks = [table.slice(start, part_size) for start in range(0, table.num_rows, part_size)]
+        return ray.data.from_arrow(blocks), table.num_rows
+    dataset = ray.data.read_parquet(inp.shard_paths, columns=["image_id", "file_name", "image"])
+    done_ids = [int(key) for key in done]
+    if done_ids:
+        dataset = dataset.filter(expr=col("image_id").not_in(done_ids))
+    return dataset, sum(1 for key in inp.keys if key not in done)
+
+
+def _log(message: str) -> None:
+    print(f"segment: {message}", file=sys.stderr, flush=True)
+
+
+def segment(
+    *,
+    model: str | os.PathLike,
+    input: str | os.PathLike,
+    out: str | os.PathLike,
+    workers: int | None = None,
+    gpu: bool = False,
+    overlays: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    part_size: int = DEFAULT_PART_SIZE,
+    score_threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    output_format: str = "both",
+    overwrite: bool = False,
+    retry_rejects: bool = False,
+    cpus_per_worker: float | None = None,
+    tracking_uri: str | None = None,
+    ray_address: str | None = None,
+    progress: bool = True,
+    fail_after_parts: int | None = None,
+) -> SegmentSummary:
+    """Segment every image of a folder (recursively) or of a Parquet shard set with an actor pool.
+
+    Args:
+        model: anything :func:`pipelines.tracking.resolve_model_uri` takes (``models:/NAME@best``,
+            ``runs:/ID/path``, a local checkpoint file, ...).
+        input: a folder of images (searched recursively for image suffixes), or a shard folder
+            ``OUT/<split>`` written by ``mrcnn preprocess`` (path or URI).
+        out: the output folder (path or URI); a re-run over it resumes (see the module docstring).
+        workers (int | None): actors, each with one model. Default: one per GPU with ``gpu``, else
+            the cluster's CPUs over ``cpus_per_worker`` (less one CPU for reading a shard set).
+        gpu (bool): one GPU per actor, the model on ``cuda``.
+        overlays (bool): write ``OUT/overlays/*.png`` with the masks drawn.
+        batch_size (int): images per forward pass.
+        part_size (int): images per actor call and per part file: larger amortises Ray's per-task
+            overhead, smaller loses less work in a crash.
+        score_threshold, mask_threshold (float): as ``mrcnn predict`` (both 0.5 by default).
+        output_format (str): ``"coco"`` (results.json), ``"parquet"`` (detections.parquet) or ``"both"``.
+        overwrite (bool): discard what ``out`` holds instead of resuming.
+        retry_rejects (bool): on a re-run, try every image rejected before again; by default only
+            those rejected for a reason that may pass (``RETRIED_REASONS``: I/O and model errors).
+        cpus_per_worker (float | None): CPUs per actor (and torch threads on CPU); default 1.
+        tracking_uri (str | None): MLflow store for ``models:/`` and ``runs:/`` URIs (default
+            ``MLFLOW_TRACKING_URI``).
+        ray_address (str | None): Ray cluster; default ``RAY_ADDRESS``, else a local Ray. A
+            connected Ray is used as is.
+        progress (bool): Ray Data's progress bars and progress lines on stderr.
+        fail_after_parts (int | None): test hook: raise :class:`SegmentInterrupted` once this many
+            part files are reported, as a crash of the driver would stop the run.
+
+    Returns:
+        SegmentSummary: also written to ``OUT/_summary.json``.
+
+    Raises:
+        FileNotFoundError: the input holds no images or shard files.
+        ValueError: bad options, a bad model URI, or ``out`` holding another run's results.
+    """
+    from pipelines.tracking import resolve_model_uri
+
+    start = time.perf_counter()
+    _check_options(workers=workers, batch_size=batch_size, part_size=part_size, score_threshold=score_threshold,
+                   mask_threshold=mask_threshold, output_format=output_format, cpus_per_worker=cpus_per_worker)  # fmt: skip
+    out_fs, out_root = resolve_path(out)
+    shown_out = os.fspath(out).rstrip("/") or os.fspath(out)
+    inp = _open_input(input, out_fs, out_root)
+    checkpoint_path = resolve_model_uri(model, tracking_uri=tracking_uri)
+    sha256 = _sha256_of(checkpoint_path)
+    manifest = _manifest(inp, str(model), sha256, score_threshold, mask_threshold, overlays)
+    out_fs.create_dir(out_root, recursive=True)
+    _prepare_out(out_fs, out_root, shown_out, manifest, overwrite)
+
+    done = _done_keys(out_fs, out_root, retry_rejects=retry_rejects)
+    num_already_done = sum(1 for key in inp.keys if key in done)
+    statuses: Counter = Counter()
+    pipeline_seconds = 0.0
+    todo = len(inp.keys) - num_already_done
+    if progress:
+        _log(f"{len(inp.keys)} images in {inp.shown} ({inp.kind}); {num_already_done} already done; {todo} to do")
+    if todo:
+        with ray_session(ray_address):
+            import ray
+
+            cpus = cpus_per_worker or 1.0
+            dataset, todo = _build_dataset(inp, done, part_size)
+            num_workers = min(workers or _default_workers(gpu, cpus, inp.kind), -(-todo // part_size))
+            with open(checkpoint_path, "rb") as handle:
+                checkpoint_ref = ray.put(handle.read())
+            dataset = dataset.map_batches(
+                SegmentWorker,
+                batch_size=part_size,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=num_workers),
+                num_cpus=cpus,
+                num_gpus=1 if gpu else None,
+                fn_constructor_kwargs={
+                    "checkpoint": checkpoint_ref,
+                    "device": "cuda" if gpu else "cpu",
+                    "num_threads": None if gpu else max(1, int(cpus)),
+                    "score_threshold": score_threshold,
+                    "mask_threshold": mask_threshold,
+                    "batch_size": batch_size,
+                    "out": display_path(out, out_fs, out_root),
+                    "overlays": overlays,
+                },
+            )
+            if progress:
+                _log(f"{num_workers} worker(s) ({'1 GPU' if gpu else f'{cpus:g} CPU'} each), {part_size} images per part")
+            context = ray.data.DataContext.get_current()
+            previous_bars = context.enable_progress_bars
+            context.enable_progress_bars = progress and previous_bars
+            pipeline_start = last_report = time.perf_counter()
+            parts_seen: set[str] = set()
+            try:
+                for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    statuses.update(batch.column("status").to_pylist())
+                    parts_seen.update(batch.column("part").to_pylist())
+                    now = time.perf_counter()
+                    handled = sum(statuses.values())
+                    if progress and (now - last_report > 10 or handled == todo):
+                        last_report = now
+                        rate = handled / (now - pipeline_start)
+                        _log(f"{handled}/{todo} images ({handled - statuses[OK]} skipped), {rate:.2f} images/s")
+                    if fail_after_parts is not None and len(parts_seen) >= fail_after_parts:
+                        raise SegmentInterrupted(
+                            f"stopped after {len(parts_seen)} part file(s) (fail_after_parts={fail_after_parts})"
+                        )
+            finally:
+                context.enable_progress_bars = previous_bars
+                del checkpoint_ref
+            pipeline_seconds = time.perf_counter() - pipeline_start
+
+    assembled = _assemble(out_fs, out_root, shown_out, output_format)
+    outputs = dict(assembled["outputs"])
+    if overlays:
+        outputs["overlays"] = f"{shown_out}/{OVERLAYS_DIR}"
+    outputs["summary"] = f"{shown_out}/{SUMMARY_FILE}"
+    summary = SegmentSummary(
+        input=inp.shown,
+        input_kind=inp.kind,
+        out_dir=shown_out,
+        model_uri=str(model),
+        model_sha256=sha256,
+        num_inputs=len(inp.keys),
+        num_ignored_files=inp.num_ignored_files,
+        num_already_done=num_already_done,
+        num_processed=statuses[OK],
+        num_rejected_now=sum(statuses.values()) - statuses[OK],
+        num_results=assembled["num_results"],
+        num_detections=assembled["num_detections"],
+        rejects_by_reason=assembled["rejects_by_reason"],
+        duplicates_dropped=assembled["duplicates_dropped"],
+        outputs=outputs,
+        seconds=time.perf_counter() - start,
+        pipeline_seconds=pipeline_seconds,
+    )
+    _write_atomic(out_fs, join_path(out_root, SUMMARY_FILE), (json.dumps(summary.to_dict(), indent=1) + "\n").encode())
+    return summary

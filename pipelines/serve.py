@@ -688,7 +688,8 @@ def run_server(
     Args:
         host, port: where Serve's HTTP proxy listens (127.0.0.1 unless told otherwise; used only when
             this call starts Serve on the cluster).
-        ray_address: a running cluster (default ``RAY_ADDRESS``, else a new local Ray).
+        ray_address: a running cluster (``auto``: the one ``ray start`` started here); default
+            ``RAY_ADDRESS``, else a new local Ray that stops with this call.
         detach: return once deployed and leave the application running (on a cluster).
         wait_s: serve this long and stop (None: until Ctrl-C).
 
@@ -699,9 +700,11 @@ def run_server(
 
     started_ray = False
     if not ray.is_initialized():
-        address = ray_address or os.environ.get("RAY_ADDRESS") or None
+        # Without an address this process starts its own Ray (never joining another process's local
+        # one, which it would shut down on exit); ``auto`` joins the cluster of ``ray start``.
+        address = ray_address or os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=address, log_to_driver=True)
-        started_ray = address is None
+        started_ray = address == "local"
     if detach and started_ray:
         raise ValueError("serve --detach needs a running cluster (--address or RAY_ADDRESS): a local Ray ends with this process")
     serve.start(http_options={"host": host, "port": port})

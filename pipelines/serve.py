@@ -707,25 +707,29 @@ def run_server(
         started_ray = address == "local"
     if detach and started_ray:
         raise ValueError("serve --detach needs a running cluster (--address or RAY_ADDRESS): a local Ray ends with this process")
-    serve.start(http_options={"host": host, "port": port})
     url = f"http://{host}:{port}/"
-    print(f"mrcnn serve: deploying {config.model} ({_scaling_text(config)}) ...", flush=True)
-    serve.run(build_app(config), name=app_name, route_prefix="/")
-    print(f"mrcnn serve: {url} (web page), POST {url}v1/segment, GET {url}v1/model" +
-          (" (bearer token required)" if config.token or os.environ.get(TOKEN_ENV) else ""), flush=True)  # fmt: skip
-    if detach:
-        return url
+    leave_running = False
     try:
+        serve.start(http_options={"host": host, "port": port})
+        print(f"mrcnn serve: deploying {config.model} ({_scaling_text(config)}) ...", flush=True)
+        serve.run(build_app(config), name=app_name, route_prefix="/")
+        token_note = " (bearer token required)" if config.token or os.environ.get(TOKEN_ENV) else ""
+        print(f"mrcnn serve: ready at {url} (web page), POST {url}v1/segment, GET {url}v1/model{token_note}", flush=True)
+        if detach:
+            leave_running = True
+            return url
         deadline = None if wait_s is None else time.monotonic() + wait_s
         while deadline is None or time.monotonic() < deadline:
             time.sleep(0.5 if deadline is None else min(0.5, max(0.0, deadline - time.monotonic())))
     except KeyboardInterrupt:
         print("mrcnn serve: stopping", flush=True)
     finally:
-        serve.delete(app_name)
-        if started_ray:
-            serve.shutdown()
-            ray.shutdown()
+        if not leave_running:
+            if started_ray:
+                serve.shutdown()
+                ray.shutdown()
+            else:
+                serve.delete(app_name)
     return url
 
 

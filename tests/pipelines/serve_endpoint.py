@@ -20,8 +20,9 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from tests.pipelines.mlflow_server import free_port
 

@@ -14,8 +14,8 @@ How the work is split:
 
 - the driver lists the input. For a folder it lists image files recursively, by suffix,
   skipping hidden entries and ``OUT``. For a shard set (``OUT/<split>`` of ``mrcnn preprocess``)
-  it reads the ``image_id`` column. It also reads the keys of the part files already written.
-  It never reads image bytes;
+  it reads the ``image_id`` and ``file_name`` columns: one work item per row (file, row group,
+  row). It also reads the keys of the part files already written. It never reads image bytes;
 - a ``map_batches`` over an actor pool (``ActorPoolStrategy``) does the work: one
   :class:`SegmentWorker` per actor, each with one :class:`mrcnn.predictor.Predictor` loaded once
   in ``__init__``, and a GPU per actor with ``gpu=True``. Each call takes ``part_size`` images. It
@@ -258,12 +258,15 @@ def part_file_name(keys: Iterable[str]) -> str:
     return f"part-{digest}.parquet"
 
 
-def _sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _load_model_bytes(model: str | os.PathLike, tracking_uri: str | None) -> bytes:
+    """The checkpoint file's bytes for a model URI (a download goes to a temporary folder, then away)."""
+    import tempfile
+
+    from pipelines.tracking import resolve_model_uri
+
+    with tempfile.TemporaryDirectory(prefix="mrcnn-segment-model-") as tmp:
+        path = resolve_model_uri(model, tracking_uri=tracking_uri, dst_dir=tmp)
+        return path.read_bytes()
 
 
 # ---------------------------------------------------------------- the actor
@@ -301,6 +304,11 @@ def row_to_records(row: dict[str, Any]) -> list[dict[str, Any]]:
             row["masks_rle"], row["area"],
         )
     ]
+
+
+def _source(row: dict[str, Any]) -> str:
+    """An input row as messages name it."""
+    return row["file_name"] if row["image_id"] is None else f"image {row['image_id']} ({row['file_name']})"
 
 
 class SegmentWorker:
@@ -351,20 +359,45 @@ class SegmentWorker:
         self.overlays = overlays
         self.schema = segment_schema(PART_COLUMNS)
 
-    def _read(self, row: dict[str, Any], image: Any) -> np.ndarray:
-        """Decode one row's image: from the ``image`` bytes column, or the file at ``path``."""
-        source = row["file_name"] if row.get("image_id") is None else f"image {row['image_id']} ({row['file_name']})"
-        if image is None and row.get("path") is not None:
+    def _read_bytes(self, rows: list[dict[str, Any]]) -> list[bytes | ImageDecodeError]:
+        """Each row's encoded image: the file at ``path``, or row ``row`` of row group ``row_group``
+        of the shard file at ``path`` (each row group read once, ``image`` column only)."""
+        out: list[bytes | ImageDecodeError] = []
+        row_groups: dict[tuple[str, int], pa.Table | ImageDecodeError] = {}
+        for row in rows:
+            source = _source(row)
             fs, path = resolve_path(row["path"])
-            try:
-                image = read_bytes(fs, path)
-            except FileNotFoundError:
-                raise ImageDecodeError(f"{source}: image file not found", source=source, reason="missing_file") from None
-            except OSError as exc:
-                raise ImageDecodeError(f"{source}: cannot read file: {exc}", source=source, reason="read_error") from None
-        if image is None:
-            raise ImageDecodeError(f"{source}: no image bytes in the shard row", source=source, reason="empty")
-        return decode_image(bytes(image), source=source)
+            if row.get("row_group") is None:
+                try:
+                    out.append(read_bytes(fs, path))
+                except FileNotFoundError:
+                    out.append(ImageDecodeError(f"{source}: file not found", source=source, reason="missing_file"))
+                except OSError as exc:
+                    out.append(ImageDecodeError(f"{source}: cannot read file: {exc}", source=source, reason="read_error"))
+                continue
+            group = (row["path"], row["row_group"])
+            if group not in row_groups:
+                try:
+                    with fs.open_input_file(path) as handle:
+                        row_groups[group] = pq.ParquetFile(handle).read_row_group(group[1], columns=["image_id", "image"])
+                except (OSError, pa.ArrowException) as exc:
+                    row_groups[group] = ImageDecodeError(
+                        f"{source}: cannot read row group {group[1]} of {row['path']}: {exc}", source=source, reason="read_error"
+                    )
+            table = row_groups[group]
+            if isinstance(table, ImageDecodeError):
+                out.append(table)
+            elif row["row"] >= table.num_rows or table.column("image_id")[row["row"]].as_py() != row["image_id"]:
+                out.append(ImageDecodeError(
+                    f"{source}: {row['path']} changed since it was listed (row group {group[1]}, row {row['row']})",
+                    source=source, reason="read_error",
+                ))  # fmt: skip
+            else:
+                data = table.column("image")[row["row"]].as_py()
+                out.append(data if data is not None else ImageDecodeError(
+                    f"{source}: the shard row has no image bytes", source=source, reason="empty"
+                ))  # fmt: skip
+        return out
 
     def _predict(self, images: list[np.ndarray]) -> list[list[dict[str, Any]] | Exception]:
         """Records per image, ``batch_size`` at a time; a failing forward pass is retried one image at a time."""
@@ -399,30 +432,29 @@ class SegmentWorker:
         """Segment one batch of input rows, write its part file, return one status row per image.
 
         Args:
-            batch (pa.Table): ``key``, ``file_name``, ``image_id`` (null for a folder) and either
-                ``path`` (a file path or URI) or ``image`` (encoded bytes), optionally ``overlay``
-                (the overlay file name); any number of rows.
+            batch (pa.Table): work items of :func:`_open_input`, no pixels: ``key``, ``file_name``,
+                ``image_id`` (null for a folder), ``path`` (the image file, or the shard file),
+                ``row_group`` and ``row`` (where in the shard file; null for a folder), ``overlay``
+                (the overlay file's name); any number of rows.
 
         Returns:
             pa.Table: ``key``, ``status`` (``"ok"`` or the reject reason), ``num_detections``, ``part``.
         """
-        rows = batch.drop_columns([c for c in ("image",) if c in batch.column_names]).to_pylist()
-        images_in = batch.column("image").to_pylist() if "image" in batch.column_names else [None] * len(rows)
+        rows = batch.to_pylist()
         out_rows: list[dict[str, Any]] = []
         decoded: list[tuple[int, np.ndarray]] = []
-        for index, (row, image) in enumerate(zip(rows, images_in)):
-            if row.get("image_id") is not None:
-                row["key"] = str(row["image_id"])
+        for index, (row, data) in enumerate(zip(rows, self._read_bytes(rows))):
             out_row = dict.fromkeys(PART_COLUMNS)
-            out_row.update(key=row["key"], file_name=row["file_name"], image_id=row.get("image_id"))
+            out_row.update(key=row["key"], file_name=row["file_name"], image_id=row["image_id"])
             out_rows.append(out_row)
             try:
-                pixels = self._read(row, image)
+                if isinstance(data, ImageDecodeError):
+                    raise data
+                pixels = decode_image(data, source=_source(row))
             except ImageDecodeError as exc:
-                out_rows[index].update(status=exc.reason, message=str(exc))
+                out_row.update(status=exc.reason, message=str(exc))
                 continue
             decoded.append((index, pixels))
-        del images_in
         predictions = self._predict([pixels for _, pixels in decoded])
         for (index, pixels), records in zip(decoded, predictions):
             row, out_row = rows[index], out_rows[index]
@@ -432,8 +464,7 @@ class SegmentWorker:
                 out_row.update(status="inference_error", message=f"{row['file_name']}: model failed: {records}")
                 continue
             if self.overlays:
-                name = row.get("overlay") or f"{PurePosixPath(row['key']).with_suffix('')}.png"
-                self._write_overlay(name, pixels, records)
+                self._write_overlay(row["overlay"], pixels, records)
             out_row.update(status=OK, **_detections_columns(records))
         part = part_file_name(r["key"] for r in out_rows)
         table = pa.Table.from_pylist(out_rows, schema=self.schema)
@@ -455,10 +486,12 @@ class _Input:
     kind: str  # "images" | "shards"
     shown: str  # as given
     resolved: str  # absolute path or URI, for the manifest
-    keys: list[str]  # every image's key, in input order
-    table: pa.Table | None = None  # images: key, file_name, image_id, path, overlay
-    shard_paths: list[str] = field(default_factory=list)
+    table: pa.Table  # one work item per image, in input order (see _work_items)
     num_ignored_files: int = 0
+
+    @property
+    def keys(self) -> list[str]:
+        return self.table.column("key").to_pylist()
 
 
 def _overlay_names(keys: list[str]) -> list[str]:
@@ -466,6 +499,47 @@ def _overlay_names(keys: list[str]) -> list[str]:
     stems = [f"{PurePosixPath(key).with_suffix('')}.png" for key in keys]
     counts = Counter(stems)
     return [stem if counts[stem] == 1 else f"{key}.png" for key, stem in zip(keys, stems)]
+
+
+def _work_items(keys, file_names, image_ids, paths, row_groups, rows, overlays) -> pa.Table:
+    """The rows the workers get: where each image is, no pixels (see ``SegmentWorker.__call__``)."""
+    num = len(keys)
+    return pa.table(
+        {
+            "key": pa.array(keys, type=pa.string()),
+            "file_name": pa.array(file_names, type=pa.string()),
+            "image_id": pa.array(image_ids, type=pa.int64()),
+            "path": pa.array(paths, type=pa.string()),
+            "row_group": pa.array(row_groups if row_groups is not None else [None] * num, type=pa.int32()),
+            "row": pa.array(rows if rows is not None else [None] * num, type=pa.int32()),
+            "overlay": pa.array(overlays, type=pa.string()),
+        }
+    )
+
+
+def _list_shard_rows(source: str | os.PathLike, fs: pafs.FileSystem, shard_files: list[str], shown: str, resolved: str) -> _Input:
+    """One work item per shard row: (shard file, row group, row), from the ``image_id`` and ``file_name`` columns."""
+    ids, names, paths, row_groups, rows = [], [], [], [], []
+    for path in shard_files:
+        shown_path = display_path(source, fs, path)
+        with fs.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            missing = {"image_id", "file_name", "image"} - set(parquet.schema_arrow.names)
+            if missing:
+                raise ValueError(f"{shown_path}: not a shard file, it lacks the column(s) {', '.join(sorted(missing))}")
+            for group in range(parquet.num_row_groups):
+                table = parquet.read_row_group(group, columns=["image_id", "file_name"])
+                ids.extend(table.column("image_id").to_pylist())
+                names.extend(table.column("file_name").to_pylist())
+                paths.extend([shown_path] * table.num_rows)
+                row_groups.extend([group] * table.num_rows)
+                rows.extend(range(table.num_rows))
+    repeated = [image_id for image_id, count in Counter(ids).items() if count > 1]
+    if repeated:
+        raise ValueError(f"{shown}: image_id {repeated[0]} is in more than one shard row; image ids must be unique")
+    keys = [str(image_id) for image_id in ids]
+    table = _work_items(keys, names, ids, paths, row_groups, rows, [f"{key}.png" for key in keys])
+    return _Input("shards", shown, resolved, table)
 
 
 def _open_input(source: str | os.PathLike, out_fs: pafs.FileSystem, out_root: str) -> _Input:
@@ -479,21 +553,7 @@ def _open_input(source: str | os.PathLike, out_fs: pafs.FileSystem, out_root: st
     files = _list_files(fs, root, recursive=False)
     shard_files = sorted(f.path for f in files if SHARD_FILE_PATTERN.fullmatch(f.base_name))
     if shard_files:
-        paths = [display_path(source, fs, p) for p in shard_files]
-        ids: list[int] = []
-        for path in shard_files:
-            with fs.open_input_file(path) as handle:
-                parquet = pq.ParquetFile(handle)
-                if "image" not in parquet.schema_arrow.names or "image_id" not in parquet.schema_arrow.names:
-                    raise ValueError(
-                        f"{display_path(source, fs, path)}: a shard file needs the columns image_id and image, "
-                        f"got {parquet.schema_arrow.names}"
-                    )
-                ids.extend(parquet.read(columns=["image_id"]).column(0).to_pylist())
-        repeated = [image_id for image_id, count in Counter(ids).items() if count > 1]
-        if repeated:
-            raise ValueError(f"{shown}: image_id {repeated[0]} appears in more than one shard row; image ids must be unique")
-        return _Input("shards", shown, resolved, [str(i) for i in ids], shard_paths=paths)
+        return _list_shard_rows(source, fs, shard_files, shown, resolved)
 
     same_fs = type(fs) is type(out_fs)
     keys, paths, ignored = [], [], 0
@@ -515,16 +575,8 @@ def _open_input(source: str | os.PathLike, out_fs: pafs.FileSystem, out_root: st
         )
     order = sorted(range(len(keys)), key=keys.__getitem__)
     keys = [keys[i] for i in order]
-    table = pa.table(
-        {
-            "key": keys,
-            "file_name": keys,
-            "image_id": pa.nulls(len(keys), type=pa.int64()),
-            "path": [paths[i] for i in order],
-            "overlay": _overlay_names(keys),
-        }
-    )
-    return _Input("images", shown, resolved, keys, table=table, num_ignored_files=ignored)
+    table = _work_items(keys, keys, [None] * len(keys), [paths[i] for i in order], None, None, _overlay_names(keys))
+    return _Input("images", shown, resolved, table, num_ignored_files=ignored)
 
 
 # ---------------------------------------------------------------- output folder
@@ -708,8 +760,8 @@ def _check_options(*, workers, batch_size, part_size, score_threshold, mask_thre
         raise ValueError(f"cpus_per_worker: expected a positive number, got {cpus_per_worker!r}")
 
 
-def _default_workers(gpu: bool, cpus_per_worker: float, kind: str) -> int:
-    """One actor per GPU; on CPU as many as the cluster's CPUs hold, less one for reading shards."""
+def _default_workers(gpu: bool, cpus_per_worker: float) -> int:
+    """One actor per GPU; on CPU as many as the cluster's CPUs hold."""
     import ray
 
     resources = ray.cluster_resources()
@@ -718,25 +770,20 @@ def _default_workers(gpu: bool, cpus_per_worker: float, kind: str) -> int:
         if num_gpus < 1:
             raise ValueError("--gpu: the Ray cluster has no GPUs")
         return num_gpus
-    free = resources.get("CPU", 1) - (1 if kind == "shards" else 0)
-    return max(1, int(free // cpus_per_worker))
+    return max(1, int(resources.get("CPU", 1) // cpus_per_worker))
 
 
 def _build_dataset(inp: _Input, done: set[str], part_size: int):
-    """The input rows still to do, as a Ray Dataset (no image bytes on the driver)."""
-    import ray
-    from ray.data.expressions import col
+    """The work items still to do, in blocks of ``part_size``, as a Ray Dataset.
 
-    if inp.kind == "images":
-        mask = pa.array([key not in done for key in inp.keys])
-        table = inp.table.filter(mask)
-        blocks = [table.slice(start, part_size) for start in range(0, table.num_rows, part_size)]
-        return ray.data.from_arrow(blocks), table.num_rows
-    dataset = ray.data.read_parquet(inp.shard_paths, columns=["image_id", "file_name", "image"])
-    done_ids = [int(key) for key in done]
-    if done_ids:
-        dataset = dataset.filter(expr=col("image_id").not_in(done_ids))
-    return dataset, sum(1 for key in inp.keys if key not in done)
+    Only locations travel: each worker reads its images itself, so no read stage competes with
+    the actor pool for CPUs (on a small cluster a pool holding every CPU would starve it).
+    """
+    import ray
+
+    table = inp.table.filter(pa.array([key not in done for key in inp.table.column("key").to_pylist()]))
+    blocks = [table.slice(start, part_size) for start in range(0, table.num_rows, part_size)]
+    return ray.data.from_arrow(blocks), table.num_rows
 
 
 def _log(message: str) -> None:
@@ -773,7 +820,7 @@ def segment(
             ``OUT/<split>`` written by ``mrcnn preprocess`` (path or URI).
         out: the output folder (path or URI); a re-run over it resumes (see the module docstring).
         workers (int | None): actors, each with one model. Default: one per GPU with ``gpu``, else
-            the cluster's CPUs over ``cpus_per_worker`` (less one CPU for reading a shard set).
+            the cluster's CPUs over ``cpus_per_worker``; never more than there are parts to do.
         gpu (bool): one GPU per actor, the model on ``cuda``.
         overlays (bool): write ``OUT/overlays/*.png`` with the masks drawn.
         batch_size (int): images per forward pass.
@@ -800,36 +847,34 @@ def segment(
         FileNotFoundError: the input holds no images or shard files.
         ValueError: bad options, a bad model URI, or ``out`` holding another run's results.
     """
-    from pipelines.tracking import resolve_model_uri
-
     start = time.perf_counter()
     _check_options(workers=workers, batch_size=batch_size, part_size=part_size, score_threshold=score_threshold,
                    mask_threshold=mask_threshold, output_format=output_format, cpus_per_worker=cpus_per_worker)  # fmt: skip
     out_fs, out_root = resolve_path(out)
     shown_out = os.fspath(out).rstrip("/") or os.fspath(out)
     inp = _open_input(input, out_fs, out_root)
-    checkpoint_path = resolve_model_uri(model, tracking_uri=tracking_uri)
-    sha256 = _sha256_of(checkpoint_path)
+    checkpoint = _load_model_bytes(model, tracking_uri)
+    sha256 = hashlib.sha256(checkpoint).hexdigest()
     manifest = _manifest(inp, str(model), sha256, score_threshold, mask_threshold, overlays)
     out_fs.create_dir(out_root, recursive=True)
     _prepare_out(out_fs, out_root, shown_out, manifest, overwrite)
 
     done = _done_keys(out_fs, out_root, retry_rejects=retry_rejects)
-    num_already_done = sum(1 for key in inp.keys if key in done)
+    keys = inp.keys
+    num_already_done = sum(1 for key in keys if key in done)
     statuses: Counter = Counter()
     pipeline_seconds = 0.0
-    todo = len(inp.keys) - num_already_done
+    todo = len(keys) - num_already_done
     if progress:
-        _log(f"{len(inp.keys)} images in {inp.shown} ({inp.kind}); {num_already_done} already done; {todo} to do")
+        _log(f"{len(keys)} images in {inp.shown} ({inp.kind}); {num_already_done} already done; {todo} to do")
     if todo:
         with ray_session(ray_address):
             import ray
 
             cpus = cpus_per_worker or 1.0
             dataset, todo = _build_dataset(inp, done, part_size)
-            num_workers = min(workers or _default_workers(gpu, cpus, inp.kind), -(-todo // part_size))
-            with open(checkpoint_path, "rb") as handle:
-                checkpoint_ref = ray.put(handle.read())
+            num_workers = min(workers or _default_workers(gpu, cpus), -(-todo // part_size))
+            checkpoint_ref = ray.put(checkpoint)
             dataset = dataset.map_batches(
                 SegmentWorker,
                 batch_size=part_size,
@@ -885,7 +930,7 @@ def segment(
         out_dir=shown_out,
         model_uri=str(model),
         model_sha256=sha256,
-        num_inputs=len(inp.keys),
+        num_inputs=len(keys),
         num_ignored_files=inp.num_ignored_files,
         num_already_done=num_already_done,
         num_processed=statuses[OK],

@@ -1,0 +1,267 @@
+"""`mrcnn segment`: Ray Data batch segmentation over a real local Ray cluster on 127.0.0.1.
+
+The reference is `mrcnn predict` (one process, the same Predictor): same detections for the same
+images, up to float noise from other batching and thread counts. Bad files are rejected and listed,
+the rest are segmented; an interrupted run (a test hook, and a SIGKILLed driver) resumed gives
+exactly one result set per image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+from PIL import Image
+
+from mrcnn.data.masks import rle_to_mask
+from pipelines.cli import main
+from pipelines.preprocess import preprocess_coco
+from pipelines.segment import (
+    PARTS_DIR,
+    SegmentInterrupted,
+    row_to_records,
+    segment,
+    segment_schema,
+)
+
+THRESHOLD = 0.225  # the random small model's class scores lie in ~0.21..0.29: 0 to ~70 detections per image
+BAD_FILES = {"truncated.png": "truncated", "text.jpg": "not_an_image", "empty.png": "empty"}
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A one-node Ray cluster with 2 CPUs, on 127.0.0.1; a subprocess driver can join it."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def image_folder(synth_dataset, tmp_path_factory) -> Path:
+    """9 good images (RGB, grayscale JPEG, RGBA PNG; two in a subfolder), 3 bad ones, 1 non-image."""
+    root = tmp_path_factory.mktemp("images")
+    (root / "sub").mkdir()
+    val = sorted((synth_dataset / "val" / "images").iterdir())
+    train = sorted((synth_dataset / "train" / "images").iterdir())
+    for path in val:
+        shutil.copy(path, root / path.name)
+    for path in train[:3]:
+        shutil.copy(path, root / "sub" / f"train_{path.name}")
+    Image.open(train[3]).convert("L").save(root / "gray.jpg", quality=95)
+    Image.open(train[4]).convert("RGBA").save(root / "sub" / "rgba.png")
+    png = val[0].read_bytes()
+    (root / "truncated.png").write_bytes(png[: len(png) // 2])
+    (root / "text.jpg").write_text("this is a text file, not a JPEG\n")
+    (root / "empty.png").write_bytes(b"")
+    (root / "notes.txt").write_text("not an image suffix: ignored\n")
+    return root
+
+
+def good_images(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix in (".png", ".jpg") and p.name not in BAD_FILES
+    )
+
+
+def predict_reference(tmp_path: Path, checkpoint: Path, images: list[Path], *extra: str) -> list[dict]:
+    """`mrcnn predict` on the same files, as a user runs it."""
+    out = tmp_path / "predict.json"
+    assert main(["predict", *map(str, images), "--weights", str(checkpoint),
+                 "--score-threshold", str(THRESHOLD), "--out", str(out), *extra]) == 0  # fmt: skip
+    return json.loads(out.read_text())
+
+
+def by_image(records: list[dict], key, images) -> dict:
+    """Records grouped per image (``key(record)``); every one of ``images`` present, maybe with none."""
+    grouped: dict = {image: [] for image in images}
+    for record in records:
+        grouped[key(record)].append(record)
+    return grouped
+
+
+def assert_same_detections(got: dict, expected: dict) -> None:
+    """Per image: the same detections (category, score, box, mask), matched one to one.
+
+    Float noise (other batch composition and thread count) moves scores by ~1e-7; a detection that
+    close to the score threshold may be on one side only and is not required.
+    """
+    assert set(got) == set(expected)
+
+    def clear(records):
+        return [r for r in records if abs(r["score"] - THRESHOLD) >= 1e-4]
+
+    for image, expected_records in expected.items():
+        want, have = clear(expected_records), clear(got[image])
+        assert len(have) == len(want), image
+        for record in want:
+            matches = [
+                r for r in have
+                if r["category_id"] == record["category_id"] and abs(r["score"] - record["score"]) <= 2e-5
+                and np.allclose(r["bbox"], record["bbox"], atol=0.02)
+            ]  # fmt: skip
+            assert matches, f"{image}: no match for {record['category_id']} {record['score']} {record['bbox']}"
+            match = matches[0]
+            have.remove(match)
+            a, b = rle_to_mask(match["segmentation"]), rle_to_mask(record["segmentation"])
+            assert (a != b).sum() <= max(2, 0.02 * max(a.sum(), 1)), image
+
+
+def read_parquet_rows(path: Path) -> list[dict]:
+    table = pq.read_table(path)
+    assert table.schema.remove_metadata() == segment_schema()
+    return table.to_pylist()
+
+
+def test_folder_with_bad_files_gives_every_good_image_and_matches_predict(cluster, image_folder, small_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    summary = segment(model=small_checkpoint, input=image_folder, out=out, score_threshold=THRESHOLD,
+                      part_size=3, workers=2, overlays=True, progress=False)  # fmt: skip
+    good = good_images(image_folder)
+    keys = {p.relative_to(image_folder).as_posix() for p in good}
+
+    assert summary.num_inputs == len(good) + len(BAD_FILES)
+    assert summary.num_ignored_files == 1
+    assert summary.num_processed == summary.num_results == len(good)
+    assert summary.rejects_by_reason == {reason: 1 for reason in BAD_FILES.values()}
+    assert summary.duplicates_dropped == 0
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert {(r["file"], r["reason"]) for r in rejects} == set(BAD_FILES.items())
+    assert all(r["file"] in r["message"] for r in rejects)
+    assert json.loads((out / "_summary.json").read_text())["num_results"] == len(good)
+
+    results = json.loads((out / "results.json").read_text())
+    assert {r["file_name"] for r in results} <= keys
+    assert sum(1 for _ in results) == summary.num_detections > 0
+    rows = read_parquet_rows(out / "detections.parquet")
+    assert sorted(r["key"] for r in rows) == sorted(keys)
+    from_rows = [det for row in rows for det in row_to_records(row)]
+    assert len(from_rows) == len(results)
+    for row in rows:
+        assert (row["height"], row["width"]) == Image.open(image_folder / row["key"]).size[::-1]
+        overlay = out / "overlays" / Path(row["key"]).with_suffix(".png")
+        assert Image.open(overlay).size == (row["width"], row["height"])
+
+    expected = predict_reference(tmp_path, small_checkpoint, good)
+    by_name = {p.name: p.relative_to(image_folder).as_posix() for p in good}
+    assert_same_detections(
+        by_image(results, lambda r: r["file_name"], keys), by_image(expected, lambda r: by_name[r["file_name"]], keys)
+    )
+
+    # The same command again has nothing to do: every image is done or permanently rejected.
+    again = segment(model=small_checkpoint, input=image_folder, out=out, score_threshold=THRESHOLD,
+                    part_size=3, overlays=True, progress=False)  # fmt: skip
+    assert (again.num_already_done, again.num_processed, again.num_rejected_now) == (summary.num_inputs, 0, 0)
+    assert json.loads((out / "results.json").read_text()) == results
+
+    # Another model option over the same folder is refused, with one line naming it.
+    code = main(["segment", "--model", str(small_checkpoint), "--input", str(image_folder), "--out", str(out),
+                 "--score-threshold", "0.3"])  # fmt: skip
+    assert code == 2
+    assert json.loads((out / "results.json").read_text()) == results
+
+
+def test_shard_input_resumes_and_matches_predict_with_image_ids(cluster, synth_dataset, small_checkpoint, tmp_path):
+    """Shards in (2 workers on the 2 CPUs: nothing else may need one), stopped after one part, resumed."""
+    val = synth_dataset / "val"
+    preprocess_coco(annotations=val / "annotations.json", images=val / "images", out=tmp_path / "shards",
+                    split="val", num_shards=2, progress=False)  # fmt: skip
+    out = tmp_path / "out"
+    options = {"model": f"file://{small_checkpoint}", "input": tmp_path / "shards" / "val", "out": out,
+               "score_threshold": THRESHOLD, "part_size": 1, "workers": 2, "output_format": "coco", "progress": False}  # fmt: skip
+    with pytest.raises(SegmentInterrupted):
+        segment(**options, fail_after_parts=1)
+    summary = segment(**options)
+    ids = {image["id"]: image["file_name"] for image in json.loads((val / "annotations.json").read_text())["images"]}
+    assert summary.input_kind == "shards"
+    assert summary.num_already_done >= 1 and summary.num_already_done + summary.num_processed == len(ids)
+    assert summary.num_results == len(ids) and summary.rejects_by_reason == {}
+    assert not (out / "detections.parquet").exists()
+    results = json.loads((out / "results.json").read_text())
+    assert {(r["image_id"], r["file_name"]) for r in results} <= set(ids.items())
+
+    expected = predict_reference(tmp_path, small_checkpoint, sorted((val / "images").iterdir()),
+                                 "--annotations", str(val / "annotations.json"))  # fmt: skip
+    assert_same_detections(
+        by_image(results, lambda r: r["image_id"], ids), by_image(expected, lambda r: r["image_id"], ids)
+    )
+
+
+def assert_one_result_set_per_image(out: Path, keys: set[str], reference: list[dict]) -> None:
+    rows = read_parquet_rows(out / "detections.parquet")
+    assert sorted(r["key"] for r in rows) == sorted(keys)
+    results = json.loads((out / "results.json").read_text())
+    assert_same_detections(
+        by_image(results, lambda r: r["file_name"], keys), by_image(reference, lambda r: r["file_name"], keys)
+    )
+    assert not [p for p in out.rglob(".*") if ".tmp-" in p.name]
+
+
+@pytest.fixture(scope="module")
+def reference_run(cluster, image_folder, small_checkpoint, tmp_path_factory) -> tuple[set[str], list[dict]]:
+    """An uninterrupted run with the options of the resume tests: (keys with results, COCO records)."""
+    out = tmp_path_factory.mktemp("reference")
+    segment(model=small_checkpoint, input=image_folder, out=out, score_threshold=THRESHOLD, part_size=2,
+            workers=1, progress=False)  # fmt: skip
+    return {r["key"] for r in read_parquet_rows(out / "detections.parquet")}, json.loads((out / "results.json").read_text())
+
+
+def test_interrupted_run_resumes_with_one_result_set_per_image(reference_run, image_folder, small_checkpoint, tmp_path):
+    keys, reference = reference_run
+    out = tmp_path / "out"
+    options = {"model": small_checkpoint, "input": image_folder, "out": out, "score_threshold": THRESHOLD,
+               "part_size": 2, "workers": 1, "progress": False}  # fmt: skip
+    with pytest.raises(SegmentInterrupted):
+        segment(**options, fail_after_parts=2)
+    parts = list((out / PARTS_DIR).glob("part-*.parquet"))
+    assert 2 <= len(parts) < 6, "stopped part-way"
+    done_before = {key for p in parts for key in pq.read_table(p, columns=["key"]).column("key").to_pylist()}
+    assert not (out / "results.json").exists()
+
+    summary = segment(**options)
+    assert summary.num_already_done == len(done_before)
+    assert summary.num_already_done + summary.num_processed + summary.num_rejected_now == summary.num_inputs
+    assert summary.num_results == len(keys)
+    assert_one_result_set_per_image(out, keys, reference)
+
+
+def test_killed_driver_resumes_with_one_result_set_per_image(cluster, reference_run, image_folder, small_checkpoint, tmp_path):
+    """SIGKILL the `mrcnn segment` process once part files appear; the next run completes the set."""
+    keys, reference = reference_run
+    out = tmp_path / "out"
+    args = ["--model", str(small_checkpoint), "--input", str(image_folder), "--out", str(out),
+            "--score-threshold", str(THRESHOLD), "--part-size", "2", "--workers", "1"]  # fmt: skip
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "segment", *args, "--address", cluster.address],
+        cwd=PROJECT_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list((out / PARTS_DIR).glob("part-*.parquet")) and driver.poll() is None:
+            assert time.monotonic() < deadline, "no part file written"
+            time.sleep(0.1)
+        os.kill(driver.pid, signal.SIGKILL)
+    finally:
+        driver.wait(timeout=30)
+    assert driver.returncode == -signal.SIGKILL, "the driver finished before it could be killed"
+    assert not (out / "results.json").exists()
+
+    assert main(["segment", *args]) == 0
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["num_already_done"] >= 1
+    assert summary["num_results"] == len(keys)
+    assert_one_result_set_per_image(out, keys, reference)

@@ -457,7 +457,7 @@ class SegmentationService:
         try:
             context = serve.get_replica_context()
             replica_id = context.replica_id.unique_id
-        except Exception:  # noqa: BLE001 - outside a replica (tests call the class directly)
+        except Exception:  # noqa: BLE001 - not inside a Serve replica
             replica_id = None
         return {"id": replica_id, "actor": ray.get_runtime_context().get_actor_name()}
 
@@ -471,7 +471,7 @@ class SegmentationService:
         return [(result, len(jobs)) for result in results]
 
     def _predict_jobs(self, jobs: list[_Job]) -> list[Any]:
-        """Detection records per job, or the exception that job's image raised.
+        """The model's detections per job (``predict_raw`` dicts), or the exception its image raised.
 
         The model runs at the batch's lowest threshold and each job keeps its own (``scores >
         threshold``, as the model's own filter), which gives the same detections as running it alone.

@@ -135,7 +135,7 @@ def test_run_logs_config_metrics_eval_and_artifacts(tracking_uri, tmp_path):
     # keys MLflow refuses are sanitized; values are cut to MLflow's 6000 characters
     expected_params.update({"ray.storage_path _abs_": "/shared/results", "data.note": "x" * 5997 + "..."})
     assert run.data.params == expected_params
-    assert run.data.params["model.rpn.anchor_sizes"] == "[8, 16, 32, 64, 128]"
+    assert run.data.params["model.rpn.anchor_sizes"] == "[32, 64, 128, 256, 512]"
     assert run.data.params["solver.clip_grad_norm"] == "10.0"
 
     loss_history = client.get_metric_history(run_id, "loss")

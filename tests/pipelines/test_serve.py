@@ -405,14 +405,14 @@ def test_32_concurrent_requests_are_batched(endpoint, small_rgb):
     assert max(s["max_batch_size"] for s in seen.values()) > 1
 
 
-def test_overload_answers_503_with_retry_after(endpoint, small_rgb):
-    data = _png(small_rgb)
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        replies = list(pool.map(lambda _: _segment(endpoint, data, token=None, app="tiny"), range(8)))
+def test_overload_answers_503_with_retry_after(endpoint, photo, small_rgb):
+    """"tiny" holds one request and queues one: of 12 at once, some are turned away at once."""
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        replies = list(pool.map(lambda _: _segment(endpoint, photo, "image/jpeg", token=None, app="tiny"), range(12)))
     statuses = sorted(r.status for r in replies)
     assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses, statuses
     assert all(r.headers.get("retry-after") == "3" for r in replies if r.status == 503)
-    assert _segment(endpoint, data, token=None, app="tiny").status == 200
+    assert _segment(endpoint, _png(small_rgb), token=None, app="tiny").status == 200
 
 
 def test_killing_a_replica_leaves_the_endpoint_answering(endpoint, small_rgb):

@@ -273,8 +273,8 @@ def test_same_detections_as_mrcnn_predict(endpoint, photo, small_checkpoint, tmp
     from pipelines.cli import main
 
     body, content_type = _multipart({"image": ("photo.jpg", photo, "image/jpeg")})
-    served = _ok(_segment(endpoint, body, content_type, "?score_threshold=0.2"))
-    assert main(["predict", str(PHOTO), "--weights", str(small_checkpoint), "--score-threshold", "0.2",
+    served = _ok(_segment(endpoint, body, content_type, "?score_threshold=0"))
+    assert main(["predict", str(PHOTO), "--weights", str(small_checkpoint), "--score-threshold", "0",
                  "--out", str(tmp_path / "pred.json")]) == 0  # fmt: skip
     predicted = json.loads((tmp_path / "pred.json").read_text())
     assert len(predicted) == len(served["instances"]) > 0

@@ -106,8 +106,6 @@ PART_COLUMNS: dict[str, str] = {
     "status": "string",  # OK, or the reject reason
     "message": "string",  # the reject message; null for OK
 }
-# What a worker returns to the driver per image (small: no pixels, no masks).
-_STATUS_COLUMNS = ("key", "status", "num_detections", "part")
 
 
 def segment_schema(columns: dict[str, str] = SEGMENT_COLUMNS) -> pa.Schema:
@@ -259,13 +257,16 @@ def part_file_name(keys: Iterable[str]) -> str:
 
 
 def _load_model_bytes(model: str | os.PathLike, tracking_uri: str | None) -> bytes:
-    """The checkpoint file's bytes for a model URI (a download goes to a temporary folder, then away)."""
+    """The checkpoint file's bytes for a model URI, checked by loading it once here, so a bad file
+    is one clear error instead of a failure in every actor. A download goes to a temporary folder."""
     import tempfile
 
+    from mrcnn.checkpoint import load_checkpoint
     from pipelines.tracking import resolve_model_uri
 
     with tempfile.TemporaryDirectory(prefix="mrcnn-segment-model-") as tmp:
         path = resolve_model_uri(model, tracking_uri=tracking_uri, dst_dir=tmp)
+        load_checkpoint(path)
         return path.read_bytes()
 
 
@@ -768,7 +769,10 @@ def _default_workers(gpu: bool, cpus_per_worker: float) -> int:
     if gpu:
         num_gpus = int(resources.get("GPU", 0))
         if num_gpus < 1:
-            raise ValueError("--gpu: the Ray cluster has no GPUs")
+            raise ValueError(
+                "--gpu: the Ray cluster has no GPUs now; give --workers N to wait for N GPU workers "
+                "(an autoscaling cluster starts them)"
+            )
         return num_gpus
     return max(1, int(resources.get("CPU", 1) // cpus_per_worker))
 

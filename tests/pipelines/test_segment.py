@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
 from PIL import Image
 
-from mrcnn.data.masks import rle_to_mask
+from mrcnn.data.masks import mask_to_rle, rle_to_mask
 from pipelines.cli import main
 from pipelines.preprocess import preprocess_coco
 from pipelines.segment import (
@@ -265,3 +266,67 @@ def test_killed_driver_resumes_with_one_result_set_per_image(cluster, reference_
     assert summary["num_already_done"] >= 1
     assert summary["num_results"] == len(keys)
     assert_one_result_set_per_image(out, keys, reference)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model", "{tmp}/missing.ckpt", "--input", "{tmp}/in"], "no such file"),
+        (["--model", "{tmp}/in/notes.txt", "--input", "{tmp}/in"], "notes.txt"),
+        (["--model", "{ckpt}", "--input", "{tmp}/nowhere"], "input folder not found"),
+        (["--model", "{ckpt}", "--input", "{tmp}/empty"], "no image files"),
+        (["--model", "{ckpt}", "--input", "{tmp}/in", "--workers", "0"], "workers"),
+    ],
+    ids=["missing-model", "not-a-checkpoint", "missing-input", "no-images", "zero-workers"],
+)
+def test_bad_arguments_give_one_line_error(tmp_path, small_checkpoint, capsys, args, expected):
+    """Checked on the driver before any Ray work: one `mrcnn: error:` line, exit code 2, nothing written."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("not a checkpoint\n")
+    Image.new("RGB", (32, 24)).save(tmp_path / "in" / "black.png")
+    argv = [a.format(tmp=tmp_path, ckpt=small_checkpoint) for a in args]
+    assert main(["segment", *argv, "--out", str(tmp_path / "out")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mrcnn: error:")]
+    assert len(errors) == 1 and expected in errors[0], errors
+    assert not (tmp_path / "out" / "_parts").exists()
+
+
+def test_assembly_keeps_one_row_per_image(tmp_path):
+    """Part files that overlap (a killed run's last batch redone) give one row per image; a result wins."""
+    from pipelines.segment import PART_COLUMNS, _assemble
+    from pipelines.shards import resolve_path
+
+    square = np.zeros((4, 4), dtype=np.uint8)
+    square[:2, :2] = 1
+    counts = mask_to_rle(square)["counts"]
+
+    def part_row(key, status, score=None):
+        row = dict.fromkeys(PART_COLUMNS) | {"key": key, "file_name": key, "height": 4, "width": 4, "status": status}
+        if status == "ok":
+            row |= {"labels": [1], "category_ids": [7], "category_names": ["x"], "scores": [score],
+                    "boxes": [[0.0, 0.0, 2.0, 2.0]], "masks_rle": [counts], "area": [4.0]}  # fmt: skip
+        else:
+            row["message"] = f"{key}: broken"
+        return row
+
+    fs, root = resolve_path(tmp_path)
+    (tmp_path / PARTS_DIR).mkdir()
+    parts = {
+        "part-a.parquet": [part_row("a.png", "ok", 0.5), part_row("b.png", "truncated")],
+        "part-b.parquet": [part_row("b.png", "ok", 0.25), part_row("c.png", "not_an_image")],
+        "part-c.parquet": [part_row("a.png", "ok", 0.5), part_row("c.png", "not_an_image")],
+    }
+    for name, rows in parts.items():
+        pq.write_table(pa.Table.from_pylist(rows, schema=segment_schema(PART_COLUMNS)), tmp_path / PARTS_DIR / name)
+    assembled = _assemble(fs, root, str(tmp_path), "both")
+    assert assembled["num_results"] == 2 and assembled["num_detections"] == 2
+    assert assembled["duplicates_dropped"] == 1
+    assert assembled["rejects_by_reason"] == {"not_an_image": 1}
+    rows = read_parquet_rows(tmp_path / "detections.parquet")
+    assert sorted((r["key"], r["scores"]) for r in rows) == [("a.png", [0.5]), ("b.png", [0.25])]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert sorted((r["file_name"], r["score"]) for r in results) == [("a.png", 0.5), ("b.png", 0.25)]
+    assert rle_to_mask(results[0]["segmentation"]).tolist() == square.tolist()
+    rejects = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["key"], r["reason"]) for r in rejects] == [("c.png", "not_an_image")]

@@ -20,11 +20,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/mrcnn demo --workdir mrcnn-demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 # Debian's Chromium for the web-page test (tests/pipelines/test_web.py skips, saying why, without it).
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 browser:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; } || \

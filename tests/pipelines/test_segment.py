@@ -225,16 +225,17 @@ def test_interrupted_run_resumes_with_one_result_set_per_image(reference_run, im
     keys, reference = reference_run
     out = tmp_path / "out"
     options = {"model": small_checkpoint, "input": image_folder, "out": out, "score_threshold": THRESHOLD,
-               "part_size": 2, "workers": 1, "progress": False}  # fmt: skip
+               "part_size": 1, "workers": 1, "progress": False}  # fmt: skip
     with pytest.raises(SegmentInterrupted):
         segment(**options, fail_after_parts=2)
     parts = list((out / PARTS_DIR).glob("part-*.parquet"))
-    assert 2 <= len(parts) < 6, "stopped part-way"
+    assert 2 <= len(parts) < 12, "stopped part-way (12 images, one per part)"
     done_before = {key for p in parts for key in pq.read_table(p, columns=["key"]).column("key").to_pylist()}
     assert not (out / "results.json").exists()
 
     summary = segment(**options)
-    assert summary.num_already_done == len(done_before)
+    # >=: the stopped run's actor may still finish the image it was on before Ray removes it.
+    assert summary.num_already_done >= len(done_before)
     assert summary.num_already_done + summary.num_processed + summary.num_rejected_now == summary.num_inputs
     assert summary.num_results == len(keys)
     assert_one_result_set_per_image(out, keys, reference)
@@ -245,7 +246,7 @@ def test_killed_driver_resumes_with_one_result_set_per_image(cluster, reference_
     keys, reference = reference_run
     out = tmp_path / "out"
     args = ["--model", str(small_checkpoint), "--input", str(image_folder), "--out", str(out),
-            "--score-threshold", str(THRESHOLD), "--part-size", "2", "--workers", "1"]  # fmt: skip
+            "--score-threshold", str(THRESHOLD), "--part-size", "1", "--workers", "1"]  # fmt: skip
     driver = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "segment", *args, "--address", cluster.address],
         cwd=PROJECT_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -23,13 +23,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mrcnn.config import get_preset  # noqa: E402
-from mrcnn.data.images import load_image  # noqa: E402
-from mrcnn.data.dataset import image_to_tensor  # noqa: E402
-from mrcnn.modeling import build_model  # noqa: E402
-from mrcnn.predictor import Predictor  # noqa: E402
-from mrcnn.engine import train_step  # noqa: E402
-from mrcnn.solver import build_optimizer  # noqa: E402
+from mrcnn.config import get_preset
+from mrcnn.data.dataset import image_to_tensor
+from mrcnn.data.images import load_image
+from mrcnn.engine import train_step
+from mrcnn.modeling import build_model
+from mrcnn.predictor import Predictor
+from mrcnn.solver import build_optimizer
 
 PHOTOS = sorted((ROOT / "tests" / "data" / "coco_mini" / "images").glob("*.jpg"))
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -28,7 +28,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mrcnn.modeling.mask_rcnn import ModelOutput  # noqa: E402
+from mrcnn.modeling.mask_rcnn import ModelOutput
 
 
 class TorchvisionAdapter(nn.Module):

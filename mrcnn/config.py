@@ -230,7 +230,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         self.model.validate()
         self.solver.validate()
         return self
@@ -239,10 +239,10 @@ class Config:
         return to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Config":
+    def from_dict(cls, data: dict[str, Any]) -> Config:
         return from_dict(cls, data).validate()
 
-    def replace(self, **overrides: Any) -> "Config":
+    def replace(self, **overrides: Any) -> Config:
         """A copy with dotted-key overrides, e.g. ``replace(**{"model.box_head.pooler": "roi_pool"})``."""
         data = self.to_dict()
         for dotted, value in overrides.items():

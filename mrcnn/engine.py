@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -85,7 +86,7 @@ def train_step(
 class Hook(Protocol):
     """Called around the step. ``state`` is the loop's TrainState."""
 
-    def after_step(self, state: "TrainState", losses: dict[str, float]) -> None: ...
+    def after_step(self, state: TrainState, losses: dict[str, float]) -> None: ...
 
 
 @dataclass

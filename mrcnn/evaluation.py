@@ -13,8 +13,9 @@ import copy
 import io
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,7 +97,7 @@ class Predictor:
         self.metadata = dict(metadata or {})
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, arch: str | None = None, **kwargs: Any) -> "Predictor":
+    def from_checkpoint(cls, path: str | os.PathLike, *, arch: str | None = None, **kwargs: Any) -> Predictor:
         """Load this project's checkpoint or a bare torchvision state dict (``arch`` names its preset)."""
         checkpoint: Checkpoint = load_checkpoint(path, arch=arch)
         return cls(

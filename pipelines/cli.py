@@ -11,8 +11,9 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -197,8 +198,8 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipelines.train import TrainRunConfig, train
     from pipelines.tracking import default_tracking_uri
+    from pipelines.train import TrainRunConfig, train
 
     flags = {
         "data": args.data, "preset": args.preset, "workers": args.workers, "use_gpu": args.gpu or None,

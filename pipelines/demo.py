@@ -40,7 +40,11 @@ def run_demo(
     from mrcnn.predictor import Predictor
     from mrcnn.visualize import draw_detections
     from pipelines.preprocess import preprocess_dataset
-    from pipelines.tracking import default_tracking_uri, describe_model, resolve_model_uri
+    from pipelines.tracking import (
+        default_tracking_uri,
+        describe_model,
+        resolve_model_uri,
+    )
     from pipelines.train import TrainRunConfig, train
 
     root = Path(workdir).resolve()

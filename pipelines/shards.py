@@ -34,13 +34,13 @@ from mrcnn.records import SHARD_COLUMNS
 
 __all__ = [
     "CATEGORIES_FILE",
-    "columns_schema",
-    "shard_schema",
-    "shard_file_name",
-    "list_shards",
-    "resolve_path",
-    "read_categories",
     "collate_shard_batch",
+    "columns_schema",
+    "list_shards",
+    "read_categories",
+    "resolve_path",
+    "shard_file_name",
+    "shard_schema",
     "shards_to_coco_gt",
 ]
 

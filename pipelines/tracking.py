@@ -28,9 +28,10 @@ import time
 import urllib.parse
 import uuid
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -91,7 +92,7 @@ def local_artifact_root(tracking_uri: str) -> Path | None:
     return db_path.parent / ARTIFACTS_DIRNAME if db_path is not None else None
 
 
-def _client(tracking_uri: str | None) -> "MlflowClient":
+def _client(tracking_uri: str | None) -> MlflowClient:
     from mlflow import MlflowClient
 
     if tracking_uri:
@@ -166,7 +167,7 @@ class Tracker:
     FAILED when the block raises.
     """
 
-    def __init__(self, client: "MlflowClient", *, tracking_uri: str, run_id: str, experiment_id: str, resumed: bool):
+    def __init__(self, client: MlflowClient, *, tracking_uri: str, run_id: str, experiment_id: str, resumed: bool):
         self._client = client
         self.tracking_uri = tracking_uri
         self._run_id = run_id
@@ -178,13 +179,13 @@ class Tracker:
         return self._run_id
 
     @property
-    def client(self) -> "MlflowClient":
+    def client(self) -> MlflowClient:
         return self._client
 
     def __repr__(self) -> str:
         return f"Tracker(run_id={self._run_id!r}, tracking_uri={self.tracking_uri!r}, resumed={self.resumed})"
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -202,7 +203,7 @@ class Tracker:
         run_id: str | None = None,
         tags: Mapping[str, Any] | None = None,
         run_key: str | None = None,
-    ) -> "Tracker":
+    ) -> Tracker:
         """Create or resume the MLflow run of a training run.
 
         Args:
@@ -295,7 +296,7 @@ class Tracker:
             )
         return changed
 
-    def log_config(self, cfg: "Config", artifact_file: str = "config.yaml") -> None:
+    def log_config(self, cfg: Config, artifact_file: str = "config.yaml") -> None:
         """The config as flat params (``model.rpn.nms_thresh``...) and as a YAML (or ``.json``) artifact."""
         from mrcnn.config import flatten
 
@@ -398,7 +399,7 @@ class Tracker:
         return path
 
 
-def _get_or_create_experiment(client: "MlflowClient", name: str, tracking_uri: str) -> str:
+def _get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
@@ -416,7 +417,7 @@ def _get_or_create_experiment(client: "MlflowClient", name: str, tracking_uri: s
         raise
 
 
-def _find_run_by_key(client: "MlflowClient", experiment_id: str, run_key: str):
+def _find_run_by_key(client: MlflowClient, experiment_id: str, run_key: str):
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{RUN_KEY_TAG}` = {_filter_literal(run_key)}",
@@ -432,7 +433,7 @@ def _find_run_by_key(client: "MlflowClient", experiment_id: str, run_key: str):
     return runs[0] if runs else None
 
 
-def _set_tags(client: "MlflowClient", run_id: str, tags: Mapping[str, str]) -> None:
+def _set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
     from mlflow.entities import RunTag
 
     entries = [RunTag(k, v) for k, v in tags.items()]
@@ -587,7 +588,7 @@ def register_checkpoint(
     )
 
 
-def _version_by_alias(client: "MlflowClient", name: str, alias: str):
+def _version_by_alias(client: MlflowClient, name: str, alias: str):
     try:
         return client.get_model_version_by_alias(name, alias)
     except Exception as exc:
@@ -630,7 +631,7 @@ def _parse_models_uri(uri: str) -> _ModelRef:
     raise ValueError(f"model URI {uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
 
 
-def _get_model_version(client: "MlflowClient", uri: str, ref: _ModelRef):
+def _get_model_version(client: MlflowClient, uri: str, ref: _ModelRef):
     """The ModelVersion a models:/ URI names; ValueError for an unknown model, version or alias."""
     try:
         client.get_registered_model(ref.name)
@@ -682,7 +683,7 @@ def _checkpoint_in(path: Path, uri: str) -> Path:
     )
 
 
-def _download_run_artifact(client: "MlflowClient", uri: str, run_id: str, path: str, dst_dir: Path) -> Path:
+def _download_run_artifact(client: MlflowClient, uri: str, run_id: str, path: str, dst_dir: Path) -> Path:
     try:
         client.get_run(run_id)
     except Exception as exc:
@@ -700,7 +701,7 @@ def _download_run_artifact(client: "MlflowClient", uri: str, run_id: str, path: 
     return _checkpoint_in(Path(local), uri)
 
 
-def _download_source(client: "MlflowClient", uri: str, source: str, tracking_uri: str | None, dst_dir: Path) -> Path:
+def _download_source(client: MlflowClient, uri: str, source: str, tracking_uri: str | None, dst_dir: Path) -> Path:
     if source.startswith("runs:"):
         run_id, path = _parse_runs_uri(source)
         return _download_run_artifact(client, uri, run_id, path, dst_dir)

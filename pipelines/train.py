@@ -62,7 +62,7 @@ class TrainRunConfig:
     fail_at_iteration: int = 0
     debug_dump_dir: str = ""
 
-    def validate(self) -> "TrainRunConfig":
+    def validate(self) -> TrainRunConfig:
         if not self.data:
             raise ValueError("train: 'data' (the preprocessed shards folder) is required")
         if self.workers < 1 or self.batch_size < 1:
@@ -80,7 +80,7 @@ class TrainRunConfig:
         return cfg.replace(**self.overrides) if self.overrides else cfg
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> "TrainRunConfig":
+    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> TrainRunConfig:
         import yaml
 
         data = yaml.safe_load(Path(path).read_text()) or {}
@@ -321,9 +321,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 def _dump_parameters(model, out_dir: Path, rank: int, iteration: int) -> None:
     """Write this rank's parameters after a step (tests compare ranks: DDP must keep them equal)."""
-    import torch
-
     import ray
+    import torch
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"node_rank{rank}.txt").write_text(ray.get_runtime_context().get_node_id())

@@ -31,10 +31,16 @@ from mrcnn.data.masks import (
     rles_to_masks,
     segmentation_to_rle,
 )
-from mrcnn.data.synthetic import SHAPE_CLASSES, make_synthetic_coco, render_synthetic_image, synthetic_categories
+from mrcnn.data.synthetic import (
+    SHAPE_CLASSES,
+    make_synthetic_coco,
+    render_synthetic_image,
+    synthetic_categories,
+)
 from mrcnn.data.transforms import Compose, RandomHorizontalFlip, Resize, resized_shape
 
 __all__ = [
+    "SHAPE_CLASSES",
     "AnnotationRecord",
     "Category",
     "CategoryMap",
@@ -47,7 +53,6 @@ __all__ = [
     "RecordError",
     "Reject",
     "Resize",
-    "SHAPE_CLASSES",
     "SegmentationError",
     "build_target",
     "build_target_from_columns",

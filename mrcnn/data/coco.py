@@ -38,16 +38,21 @@ from pathlib import Path
 
 from mrcnn.data.categories import CategoryMap
 from mrcnn.data.images import ImageDecodeError, decode_image
-from mrcnn.data.masks import SegmentationError, rle_area, rle_to_bbox_xyxy, segmentation_to_rle
+from mrcnn.data.masks import (
+    SegmentationError,
+    rle_area,
+    rle_to_bbox_xyxy,
+    segmentation_to_rle,
+)
 
 __all__ = [
     "AnnotationRecord",
-    "ImageRecord",
-    "Reject",
-    "RecordError",
     "CocoLoadResult",
-    "validate_annotation",
+    "ImageRecord",
+    "RecordError",
+    "Reject",
     "load_coco",
+    "validate_annotation",
 ]
 
 

@@ -23,16 +23,22 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mrcnn.data.categories import CategoryMap
-from mrcnn.data.coco import AnnotationRecord, CocoLoadResult, ImageRecord, Reject, load_coco
+from mrcnn.data.coco import (
+    AnnotationRecord,
+    CocoLoadResult,
+    ImageRecord,
+    Reject,
+    load_coco,
+)
 from mrcnn.data.images import load_image
 from mrcnn.data.masks import rles_to_masks
 
 __all__ = [
-    "image_to_tensor",
+    "CocoInstanceDataset",
     "build_target",
     "build_target_from_columns",
-    "CocoInstanceDataset",
     "collate_detection",
+    "image_to_tensor",
 ]
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageDecodeError", "decode_image", "load_image", "image_size"]
+__all__ = ["ImageDecodeError", "decode_image", "image_size", "load_image"]
 
 DEFAULT_MAX_PIXELS = 100_000_000
 

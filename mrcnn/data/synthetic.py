@@ -29,9 +29,9 @@ from mrcnn.data.masks import masks_to_rles
 
 __all__ = [
     "SHAPE_CLASSES",
-    "synthetic_categories",
-    "render_synthetic_image",
     "make_synthetic_coco",
+    "render_synthetic_image",
+    "synthetic_categories",
 ]
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Compose", "Resize", "RandomHorizontalFlip", "resized_shape"]
+__all__ = ["Compose", "RandomHorizontalFlip", "Resize", "resized_shape"]
 
 Target = dict[str, object]
 

@@ -5,12 +5,15 @@ Built from torchvision's ResNet and FPN so that torchvision state dicts load key
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 from torch import nn
 from torchvision.models import resnet
-from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.models.detection.backbone_utils import (
+    BackboneWithFPN,
+    _resnet_fpn_extractor,
+)
 from torchvision.ops import misc as misc_nn_ops
 
 from mrcnn.config import BackboneConfig

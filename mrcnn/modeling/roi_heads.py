@@ -13,7 +13,11 @@ from torchvision.models.detection.roi_heads import RoIHeads as TorchvisionRoIHea
 
 from mrcnn.config import ModelConfig
 from mrcnn.modeling.box_head import build_box_head, fast_rcnn_loss
-from mrcnn.modeling.mask_head import build_mask_head, mask_probs_for_labels, mask_rcnn_loss
+from mrcnn.modeling.mask_head import (
+    build_mask_head,
+    mask_probs_for_labels,
+    mask_rcnn_loss,
+)
 from mrcnn.modeling.poolers import MultiScaleRoIPooler
 
 FEATURE_NAMES = ["0", "1", "2", "3"]  # P2..P5 (P6, 'pool', is used by the RPN only)

@@ -7,7 +7,13 @@ import pickle
 import pytest
 import torch
 
-from mrcnn.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from mrcnn.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mrcnn.config import get_preset
 from mrcnn.data.categories import Category, CategoryMap
 from mrcnn.modeling import build_model

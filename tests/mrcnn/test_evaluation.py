@@ -14,7 +14,12 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from mrcnn.data.masks import mask_to_rle, rle_to_mask, segmentation_to_rle
-from mrcnn.evaluation import STAT_NAMES, evaluate_coco, format_metrics_table, load_coco_gt
+from mrcnn.evaluation import (
+    STAT_NAMES,
+    evaluate_coco,
+    format_metrics_table,
+    load_coco_gt,
+)
 
 GT_JSON = Path(__file__).resolve().parents[1] / "data" / "coco_mini" / "annotations.json"
 

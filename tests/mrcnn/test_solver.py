@@ -17,7 +17,7 @@ SOLVER = SolverConfig(warmup_iters=100, warmup_factor=0.01, steps=(0.5, 0.75), g
 
 
 def test_warmup_is_linear_from_warmup_factor_to_one():
-    factors = [lr_factor(SOLVER, iteration=i, progress=i / SOLVER.max_iters) for i in range(0, 101)]
+    factors = [lr_factor(SOLVER, iteration=i, progress=i / SOLVER.max_iters) for i in range(101)]
     assert factors[0] == pytest.approx(0.01)
     assert factors[50] == pytest.approx(0.01 + 0.99 * 0.5)
     assert factors[100] == 1.0
@@ -61,7 +61,7 @@ def test_build_optimizer_groups(optimizer):
     assert isinstance(opt, torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW)
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
-    ids = lambda params: {id(p) for p in params}  # noqa: E731
+    ids = lambda params: {id(p) for p in params}
     assert ids(decay["params"]) == ids([net.conv.weight, net.conv_no_bias.weight, net.fc.weight])
     assert ids(no_decay["params"]) == ids(
         [net.conv.bias, net.bn.weight, net.bn.bias, net.gn.weight, net.gn.bias, net.ln.weight, net.ln.bias, net.fc.bias]

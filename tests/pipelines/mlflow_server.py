@@ -25,9 +25,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 START_TIMEOUT_S = 120.0  # the first start migrates a fresh database; slow on a busy machine
 STOP_TIMEOUT_S = 15.0

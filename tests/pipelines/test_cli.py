@@ -8,9 +8,8 @@ import sys
 
 import pytest
 
-from tests.conftest import COCO_MINI_IMAGES, COCO_MINI_JSON, PHOTO
-
 from pipelines.cli import main
+from tests.conftest import COCO_MINI_IMAGES, COCO_MINI_JSON, PHOTO
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

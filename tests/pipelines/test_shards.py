@@ -18,7 +18,13 @@ from mrcnn.data.dataset import CocoInstanceDataset
 from mrcnn.evaluation import evaluate_coco
 from mrcnn.records import SHARD_COLUMNS
 from pipelines.preprocess import preprocess_coco
-from pipelines.shards import collate_shard_batch, list_shards, read_categories, shard_schema, shards_to_coco_gt
+from pipelines.shards import (
+    collate_shard_batch,
+    list_shards,
+    read_categories,
+    shard_schema,
+    shards_to_coco_gt,
+)
 from tests.conftest import COCO_MINI_IMAGES, COCO_MINI_JSON
 
 

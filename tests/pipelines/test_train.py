@@ -10,14 +10,13 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 
-import ray  # noqa: E402
-
-from mrcnn.data.synthetic import make_synthetic_coco  # noqa: E402
-from pipelines.preprocess import preprocess_dataset  # noqa: E402
-from pipelines.train import TrainRunConfig, train  # noqa: E402
-from tests.pipelines.mlflow_server import mlflow_server  # noqa: E402
+from mrcnn.data.synthetic import make_synthetic_coco
+from pipelines.preprocess import preprocess_dataset
+from pipelines.train import TrainRunConfig, train
+from tests.pipelines.mlflow_server import mlflow_server
 
 # A light model so that a few steps take seconds: the small preset with narrower heads.
 LIGHT = {

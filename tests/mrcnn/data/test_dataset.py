@@ -13,7 +13,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from mrcnn.data.coco import load_coco
-from mrcnn.data.dataset import CocoInstanceDataset, build_target, build_target_from_columns, collate_detection
+from mrcnn.data.dataset import (
+    CocoInstanceDataset,
+    build_target,
+    build_target_from_columns,
+    collate_detection,
+)
 from mrcnn.data.transforms import Compose, RandomHorizontalFlip, Resize
 
 from .conftest import COCO_MINI_DIR, COCO_MINI_JSON, CROWD_IMAGE_IDS

@@ -12,7 +12,11 @@ from pycocotools.coco import COCO
 from mrcnn.data.coco import load_coco
 from mrcnn.data.images import load_image
 from mrcnn.data.masks import rle_to_bbox_xyxy, rle_to_mask
-from mrcnn.data.synthetic import SHAPE_CLASSES, make_synthetic_coco, render_synthetic_image
+from mrcnn.data.synthetic import (
+    SHAPE_CLASSES,
+    make_synthetic_coco,
+    render_synthetic_image,
+)
 
 
 def _all_files(root):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-# The demo measured segm AP 17.0 (docs/results.md); an untrained model scores ~0 (tests/mrcnn/test_learning.py).
-MIN_SEGM_AP = 8.0
+# The demo measured segm AP 19.6 (docs/results.md); an untrained model scores ~0 (tests/mrcnn/test_learning.py).
+MIN_SEGM_AP = 12.0
 
 
 @pytest.mark.slow

@@ -275,6 +275,25 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- evaluate
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mrcnn.evaluation import STAT_NAMES, format_metrics_table
+    from pipelines.evaluate import evaluate
+
+    summary = evaluate(
+        model=args.model, out=args.out, data=args.data, annotations=args.annotations, images=args.images,
+        workers=args.workers, gpu=args.gpu, batch_size=args.batch_size, score_threshold=args.score_threshold,
+        cpus_per_worker=args.cpus_per_worker, tracking_uri=args.tracking_uri, ray_address=args.address,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    print(format_metrics_table(summary.metrics))
+    print(f"{summary.num_images} images ({summary.num_rejected} unreadable), {summary.num_detections} detections, "
+          f"{summary.seconds:.0f} s -> {summary.out_dir}/metrics.json")  # fmt: skip
+    brief = summary.to_dict() | {"metrics": {t: {k: m[k] for k in STAT_NAMES} for t, m in summary.metrics.items()}}
+    print(json.dumps(brief))
+    return 0
+
+
 # ---------------------------------------------------------------- serve
 def cmd_serve(args: argparse.Namespace) -> int:
     from pipelines.serve import TOKEN_ENV, ServeConfig, run_server
@@ -292,6 +311,61 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig.from_dict({k: v for k, v in options.items() if v is not None})
     run_server(config, host=args.host, port=args.port, app_name=args.name, ray_address=args.address,
                detach=args.detach, wait_s=args.wait_s)  # fmt: skip
+    return 0
+
+
+# ---------------------------------------------------------------- submit, jobs
+def _add_submit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", metavar="URL", help="the cluster's dashboard / Jobs API, http://HEAD:8265 "
+                   "(default: RAY_API_SERVER_ADDRESS or RAY_ADDRESS)")
+    p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends; exit 1 unless it succeeded")
+    p.add_argument("--env", action="append", default=None, metavar="KEY[=VALUE]",
+                   help="environment variable for the job (KEY alone: this machine's value); repeatable")
+    p.add_argument("--working-dir", metavar="DIR", help="the code to upload (default: this project)")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pipelines.submit import PROJECT_DIR, print_outcome, submit
+
+    # Submit's own options may also come after JOB; what follows a `--` goes to the job untouched.
+    job_args = list(args.job_args)
+    verbatim: list[str] = []
+    if "--" in job_args:
+        cut = job_args.index("--")
+        job_args, verbatim = job_args[:cut], job_args[cut + 1 :]
+    late = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    _add_submit_options(late)
+    options, job_args = late.parse_known_args(job_args)
+    outcome = submit(
+        args.job, [*job_args, *verbatim], address=options.address or args.address,
+        env=[*(args.env or []), *(options.env or [])], follow=args.follow or options.follow,
+        working_dir=options.working_dir or args.working_dir or PROJECT_DIR,
+    )  # fmt: skip
+    print_outcome(outcome)
+    if outcome.status in ("FAILED", "STOPPED"):
+        print(f"mrcnn: error: job {outcome.job_id} {outcome.status}: {outcome.message}".rstrip(": "), file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from pipelines import submit as jobs
+
+    if args.action == "list":
+        rows = jobs.list_jobs(args.address)
+        print(json.dumps(rows) if args.json else jobs.format_jobs_table(rows))
+        return 0
+    if args.action == "status":
+        info = jobs.job_info(args.address, args.job_id)
+        print(json.dumps(info) if args.json else f"{info['job_id']} {info['status']} {info['message']}".rstrip())
+        return 0
+    if args.action == "logs":
+        outcome = jobs.job_logs(args.address, args.job_id, follow=args.follow)
+        if args.follow:
+            jobs.print_outcome(outcome, sys.stderr)
+        return 1 if args.follow and outcome.status in ("FAILED", "STOPPED") else 0
+    outcome = jobs.stop_job(args.address, args.job_id, wait=args.wait)
+    jobs.print_outcome(outcome)
     return 0
 
 
@@ -398,6 +472,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-after-parts", type=int, help=argparse.SUPPRESS)  # test hook: stop as a crash would
     p.set_defaults(func=cmd_segment)
 
+    p = sub.add_parser("evaluate", help="COCO AP of a model URI on a shard split or a COCO json + images (Ray Data)")
+    p.add_argument("--model", required=True, metavar="URI", help="models:/NAME@best, models:/NAME/3, runs:/ID/path or a checkpoint file")
+    p.add_argument("--data", metavar="SHARDS", help="a shard split OUT/<split> from `mrcnn preprocess` (path or s3://)")
+    p.add_argument("--annotations", metavar="ANN", help="or a COCO instances json (with --images)")
+    p.add_argument("--images", metavar="DIR", help="the image folder of --annotations")
+    p.add_argument("--out", required=True, metavar="DIR", help="detections/ (resumable) and metrics.json go here")
+    p.add_argument("--workers", type=int, metavar="N", help="actors, one model each (default: one per GPU, or per CPU)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per actor")
+    p.add_argument("--batch-size", type=int, default=2, metavar="B", help="images per forward pass (default 2)")
+    p.add_argument("--score-threshold", type=float, metavar="T", help="default: the model's (0.05 for the paper's presets)")
+    p.add_argument("--cpus-per-worker", type=float, metavar="C", help="CPUs (torch threads) per actor (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier detections in OUT instead of resuming")
+    p.add_argument("--tracking-uri", help="MLflow store for models:/ and runs:/ URIs (default: MLFLOW_TRACKING_URI)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("serve", help="online segmentation: a Ray Serve HTTP endpoint and a web page")
     p.add_argument("--model", required=True, metavar="URI", help="models:/NAME@best, models:/NAME/3, runs:/ID/path or a checkpoint file")
     p.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy binds (default 127.0.0.1: this machine only)")
@@ -421,6 +511,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="deploy to the cluster and return (needs --address)")
     p.add_argument("--wait-s", type=float, help=argparse.SUPPRESS)  # test hook: serve this long, then stop
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "submit", help="run a job (python -m jobs.JOB ARGS) on a Ray cluster through the Jobs API",
+        description="Submit `python -m jobs.JOB ARGS` with this project as the job's working_dir. Submit's options "
+        "may come before or after JOB; arguments after `--` go to the job untouched (e.g. the job's own --address). "
+        "The last line printed is JSON: the job id and its status (final with --follow).",
+    )  # fmt: skip
+    p.add_argument("job", metavar="JOB", help="preprocess, train, evaluate, segment, serve or demo (the modules of jobs/)")
+    p.add_argument("job_args", nargs=argparse.REMAINDER, metavar="ARGS", help="the job's arguments, as on its command line")
+    _add_submit_options(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("jobs", help="list, inspect, follow or stop the jobs of a Ray cluster")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, help_text in (("list", "every job, newest first"), ("status", "one job's status"),
+                            ("logs", "one job's logs"), ("stop", "stop a job")):  # fmt: skip
+        a = actions.add_parser(name, help=help_text)
+        if name != "list":
+            a.add_argument("job_id", metavar="JOB_ID")
+        a.add_argument("--address", metavar="URL", help="http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS or RAY_ADDRESS)")
+        if name in ("list", "status"):
+            a.add_argument("--json", action="store_true", help="print JSON instead of text")
+        if name == "logs":
+            a.add_argument("--follow", action="store_true", help="stream until the job ends")
+        if name == "stop":
+            a.add_argument("--wait", action="store_true", help="return once the job has ended")
+        a.set_defaults(func=cmd_jobs)
     return parser
 
 

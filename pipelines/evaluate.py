@@ -1,0 +1,183 @@
+"""``mrcnn evaluate``: COCO evaluation of a model URI on a whole split, spread over a Ray cluster.
+
+The predictions are made by :func:`pipelines.segment.segment` (a Ray Data actor pool, one model per
+actor, ``--gpu`` for one GPU each) at the model's own score threshold (0.05 for the paper's presets),
+into ``OUT/detections/`` (a re-run over the same ``OUT`` resumes). The driver then evaluates the COCO
+results json against the ground truth with pycocotools (:func:`mrcnn.evaluation.evaluate_coco`) and
+writes ``OUT/metrics.json``.
+
+The ground truth comes from either
+
+- a shard split ``OUT/<split>`` written by ``mrcnn preprocess`` (:func:`pipelines.shards.shards_to_coco_gt`),
+  whose images are the shard rows, or
+- a COCO instances json and its image folder (``annotations/instances_val2017.json`` + ``val2017/``).
+
+Images the ground truth lists but that could not be read count as images without detections (and are
+reported); images of the folder that the ground truth does not list are left out of the evaluation.
+Paths may be local or pyarrow filesystem URIs (``s3://``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from pipelines.shards import display_path, join_path, read_bytes, resolve_path
+
+__all__ = ["EvaluationSummary", "evaluate"]
+
+METRICS_FILE = "metrics.json"
+DETECTIONS_DIR = "detections"
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """What :func:`evaluate` measured.
+
+    metrics: ``{"bbox": {...}, "segm": {...}}`` as :func:`mrcnn.evaluation.evaluate_coco` (AP in percent,
+        ``per_category`` included).
+    num_images: images in the ground truth (all evaluated).
+    num_rejected: ground-truth images that could not be read (evaluated as images without detections).
+    num_detections: detections evaluated.
+    """
+
+    model: str
+    ground_truth: str
+    out_dir: str
+    score_threshold: float
+    num_images: int
+    num_rejected: int
+    num_detections: int
+    seconds: float
+    metrics: dict[str, Any] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "ground_truth": self.ground_truth, "out_dir": self.out_dir,
+            "score_threshold": self.score_threshold, "num_images": self.num_images,
+            "num_rejected": self.num_rejected, "num_detections": self.num_detections,
+            "seconds": round(self.seconds, 1), "metrics": self.metrics,
+        }  # fmt: skip
+
+
+def _read_json(path: str) -> Any:
+    fs, inner = resolve_path(path)
+    try:
+        data = read_bytes(fs, inner)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid json ({exc})") from None
+
+
+def _ground_truth(data: str | None, annotations: str | None, images: str | None) -> tuple[dict, str, str]:
+    """(COCO gt dict, the input to segment, a description)."""
+    from pipelines.shards import shards_to_coco_gt
+
+    if data and (annotations or images):
+        raise ValueError("evaluate: give --data SHARDS or --annotations ANN.json with --images DIR, not both")
+    if data:
+        return shards_to_coco_gt(data), data, f"shards {data}"
+    if not (annotations and images):
+        raise ValueError("evaluate needs --data OUT/<split> (shards), or --annotations ANN.json and --images DIR")
+    gt = _read_json(annotations)
+    if not isinstance(gt, dict) or not isinstance(gt.get("images"), list) or "annotations" not in gt:
+        raise ValueError(f"{annotations}: expected a COCO instances json (images, annotations, categories)")
+    return gt, images, f"{annotations} + {images}"
+
+
+def _attach_ids(results: list[dict[str, Any]], gt: dict) -> tuple[list[dict[str, Any]], int]:
+    """Give folder results their ``image_id`` from ``file_name``; drop images the ground truth does not list."""
+    by_name: dict[str, int] = {}
+    for image in gt["images"]:
+        name = str(image["file_name"])
+        by_name[name] = image["id"]
+        by_name.setdefault(PurePosixPath(name).name, image["id"])
+    kept, dropped = [], set()
+    for record in results:
+        if record.get("image_id") is None:
+            name = str(record.get("file_name", ""))
+            image_id = by_name.get(name, by_name.get(PurePosixPath(name).name))
+            if image_id is None:
+                dropped.add(name)
+                continue
+            record["image_id"] = image_id
+        kept.append(record)
+    return kept, len(dropped)
+
+
+def evaluate(
+    *,
+    model: str,
+    out: str | os.PathLike,
+    data: str | None = None,
+    annotations: str | None = None,
+    images: str | None = None,
+    workers: int | None = None,
+    gpu: bool = False,
+    batch_size: int = 2,
+    score_threshold: float | None = None,
+    cpus_per_worker: float | None = None,
+    tracking_uri: str | None = None,
+    ray_address: str | None = None,
+    overwrite: bool = False,
+) -> EvaluationSummary:
+    """Predict every ground-truth image with ``model`` on the cluster, then COCO-evaluate bbox and segm.
+
+    Args:
+        model: ``models:/NAME@best``, ``models:/NAME/3``, ``runs:/ID/path`` or a checkpoint file.
+        out: output folder (path or URI): ``detections/`` (resumable) and ``metrics.json``.
+        data: a shard split ``OUT/<split>``; or else
+        annotations, images: a COCO instances json and its image folder.
+        workers, gpu, batch_size, cpus_per_worker: the actor pool, as :func:`pipelines.segment.segment`.
+        score_threshold: keep detections above it; default the model's ``box_head.score_thresh``.
+        tracking_uri: MLflow store for ``models:/`` and ``runs:/`` (default ``MLFLOW_TRACKING_URI``).
+
+    Raises:
+        ValueError / FileNotFoundError: bad options, ground truth or model (one line each).
+    """
+    from mrcnn.checkpoint import load_checkpoint
+    from mrcnn.evaluation import evaluate_coco, load_coco_gt
+    from pipelines.segment import segment
+    from pipelines.tracking import resolve_model_uri
+
+    start = time.perf_counter()
+    gt, source, described = _ground_truth(data, annotations, images)
+    image_ids = [image["id"] for image in gt["images"]]
+    if not image_ids:
+        raise ValueError(f"{described}: the ground truth has no images")
+    out_fs, out_root = resolve_path(out)
+    shown_out = display_path(out, out_fs, out_root)
+    with tempfile.TemporaryDirectory(prefix="mrcnn-evaluate-model-") as tmp:
+        path = resolve_model_uri(model, tracking_uri=tracking_uri, dst_dir=tmp)
+        checkpoint = load_checkpoint(path)
+        if score_threshold is None:
+            score_threshold = float(checkpoint.config.model.box_head.score_thresh)
+        print(f"[evaluate] {model} ({checkpoint.config.name}) on {described}: {len(image_ids)} images, "
+              f"score threshold {score_threshold}", file=sys.stderr, flush=True)  # fmt: skip
+        summary = segment(
+            model=path, input=source, out=join_path(shown_out, DETECTIONS_DIR), workers=workers, gpu=gpu,
+            batch_size=batch_size, score_threshold=score_threshold, output_format="coco", overwrite=overwrite,
+            cpus_per_worker=cpus_per_worker, tracking_uri=tracking_uri, ray_address=ray_address,
+        )  # fmt: skip
+    results, num_unlisted = _attach_ids(_read_json(summary.outputs["results"]), gt)
+    if num_unlisted:
+        print(f"[evaluate] {num_unlisted} images of {source} are not in the ground truth: left out", file=sys.stderr)
+    metrics = evaluate_coco(load_coco_gt(gt), results, image_ids=image_ids)
+    result = EvaluationSummary(
+        model=str(model), ground_truth=described, out_dir=shown_out, score_threshold=score_threshold,
+        num_images=len(image_ids), num_rejected=summary.num_rejects, num_detections=len(results),
+        seconds=time.perf_counter() - start, metrics=metrics,
+    )  # fmt: skip
+    out_fs.create_dir(out_root, recursive=True)
+    with out_fs.open_output_stream(join_path(out_root, METRICS_FILE)) as stream:
+        stream.write((json.dumps(result.to_dict(), indent=1) + "\n").encode())
+    return result

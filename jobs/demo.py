@@ -1,8 +1,11 @@
-"""Ray Job entrypoint: `ray job submit --working-dir . -- python -m jobs.demo [ARGS]` (same flags as `mrcnn demo`)."""
+"""Ray Job entrypoint for `mrcnn demo` (same flags): the laptop demo, end to end, on a cluster.
+
+    mrcnn submit demo --workdir /tmp/mrcnn-demo --minutes 8 --address http://127.0.0.1:8265 --follow
+"""
 
 import sys
 
-from pipelines.cli import main
+from pipelines.cli import job_main
 
 if __name__ == "__main__":
-    sys.exit(main(["demo", *sys.argv[1:]]))
+    sys.exit(job_main("demo", sys.argv[1:]))

@@ -1,9 +1,12 @@
-"""Ray Job entrypoint: `mrcnn submit evaluate --model URI --data s3://.../val --out s3://.../eval [--gpu]`
-(same flags as `mrcnn evaluate`): COCO AP of a model on a whole split, predicted on the cluster."""
+"""Ray Job entrypoint for `mrcnn evaluate` (same flags; `--config jobs/configs/evaluate.yaml` gives them from a file):
+COCO AP of a model URI on a whole split, predicted on the cluster.
+
+    mrcnn submit evaluate --config jobs/configs/evaluate.yaml --model models:/coco-r50-fpn@best --address http://127.0.0.1:8265
+"""
 
 import sys
 
-from pipelines.cli import main
+from pipelines.cli import job_main
 
 if __name__ == "__main__":
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+    sys.exit(job_main("evaluate", sys.argv[1:]))

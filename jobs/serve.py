@@ -1,10 +1,12 @@
-"""Ray Job entrypoint: `ray job submit --working-dir . -- python -m jobs.serve --model URI [--detach] [ARGS]`
-(same flags as `mrcnn serve`; inside a job RAY_ADDRESS names the cluster, and --detach leaves the
-application running after the job ends)."""
+"""Ray Job entrypoint for `mrcnn serve` (same flags; `--config jobs/configs/serve.yaml` gives them from a file).
+Inside a job RAY_ADDRESS names the cluster, and --detach leaves the application running after the job ends.
+
+    mrcnn submit serve --config jobs/configs/serve.yaml --env MRCNN_SERVE_TOKEN --address http://127.0.0.1:8265
+"""
 
 import sys
 
-from pipelines.cli import main
+from pipelines.cli import job_main
 
 if __name__ == "__main__":
-    sys.exit(main(["serve", *sys.argv[1:]]))
+    sys.exit(job_main("serve", sys.argv[1:]))

@@ -207,8 +207,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size, "max_iters": args.max_iters, "minutes": args.minutes,
         "eval_every": args.eval_every, "checkpoint_every": args.checkpoint_every, "storage_path": args.storage_path,
         "name": args.name, "max_failures": args.max_failures, "tracking_uri": args.tracking_uri,
-        "experiment": args.experiment, "model_name": args.model_name,
+        "experiment": args.experiment, "model_name": args.model_name, "epochs": args.epochs,
+        "backbone_weights": args.backbone_weights,
     }
+    # A budget flag replaces the config's budget: --max-iters clears its epochs, --epochs its max_iters.
+    if args.max_iters is not None and args.epochs is None:
+        flags["epochs"] = 0.0
+    if args.epochs is not None and args.max_iters is None:
+        flags["max_iters"] = 0
     run = TrainRunConfig.from_yaml(args.config, **flags) if args.config else TrainRunConfig(**{k: v for k, v in flags.items() if v is not None})
     if args.set:
         run = dataclasses.replace(run, overrides={**run.overrides, **_parse_overrides(args.set)})
@@ -419,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=["none", "bf16", "fp16"])
     p.add_argument("--batch-size", type=int, help="images per worker per step")
     p.add_argument("--max-iters", type=int)
+    p.add_argument("--epochs", type=float, help="budget in passes over the training shards (instead of --max-iters)")
+    p.add_argument("--backbone-weights", metavar="FILE", help="ImageNet ResNet state dict for backbone.body (path or s3://)")
     p.add_argument("--minutes", type=float, help="time budget (the schedule decays at fractions of it)")
     p.add_argument("--eval-every", type=int, help="evaluate on the val shards every N iterations (and at the end)")
     p.add_argument("--checkpoint-every", type=int)
@@ -549,6 +557,55 @@ def _check_args(args: argparse.Namespace) -> None:
     threshold = getattr(args, "score_threshold", None)
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise CLIError(f"--score-threshold: expected a value in [0, 1], got {threshold}")
+
+
+def config_args(path: str | os.PathLike) -> list[str]:
+    """A job's YAML run config as command-line arguments.
+
+    The YAML maps flag names (``num_shards`` or ``num-shards``) to values: ``true`` gives the bare flag,
+    ``false``/``null`` leave it out, a list repeats it; ``args`` lists the positional arguments.
+    ``{"args": ["SRC", "OUT"], "num_shards": 8, "split": ["train", "val"]}`` ->
+    ``["SRC", "OUT", "--num-shards", "8", "--split", "train", "--split", "val"]``.
+    """
+    import yaml
+
+    source = Path(path)
+    if not source.is_file():
+        raise CLIError(f"--config {source}: no such file")
+    data = yaml.safe_load(source.read_text()) or {}
+    if not isinstance(data, dict):
+        raise CLIError(f"{source}: expected a mapping of flag names to values, got {type(data).__name__}")
+    positional = data.pop("args", []) or []
+    if not isinstance(positional, list):
+        raise CLIError(f"{source}: 'args' must be a list of positional arguments")
+    argv = [str(a) for a in positional]
+    for key, value in data.items():
+        flag = "--" + str(key).replace("_", "-")
+        for item in value if isinstance(value, list) else [value]:
+            if item is True:
+                argv.append(flag)
+            elif item is not None and item is not False:
+                argv += [flag, str(item)]
+    return argv
+
+
+def job_main(verb: str, argv: Sequence[str]) -> int:
+    """What ``python -m jobs.<verb> ARGS`` runs: ``mrcnn <verb> ARGS``, where ``--config FILE`` (for every verb
+    but ``train``, whose ``--config`` is its own run config) is replaced by the file's flags; flags given
+    after it win."""
+    argv = list(argv)
+    if verb != "train" and "--config" in argv:
+        at = argv.index("--config")
+        if at + 1 >= len(argv):
+            print(f"mrcnn {verb}: error: --config needs a YAML file", file=sys.stderr)
+            return 2
+        try:
+            expanded = config_args(argv[at + 1])
+        except CLIError as exc:
+            print(f"mrcnn: error: {exc}", file=sys.stderr)
+            return 2
+        argv = [*expanded, *argv[:at], *argv[at + 2 :]]
+    return main([verb, *argv])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

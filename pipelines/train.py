@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import time
@@ -33,7 +34,16 @@ class TrainRunConfig:
         ``{"preset": "r18_fpn_small", "overrides": {"model.box_head.pooler": "roi_pool"}}``.
     batch_size: images per worker per step; the learning rate follows the linear scaling rule for
         ``batch_size * workers`` against the preset's reference batch.
-    max_iters / minutes: the budget; the schedule's decay points are fractions of it.
+    max_iters / epochs / minutes: the budget; the schedule's decay points are fractions of it. ``epochs``
+        (passes over the training shards) becomes ``max_iters = ceil(epochs * train images / total batch)``,
+        so a total batch other than the preset's keeps the same number of images seen (the linear scaling
+        rule: the learning rate follows the batch, the iterations its inverse).
+    accelerator_type: GPU workers only on nodes with this accelerator (Ray's ``accelerator_type:H200``
+        resource; an autoscaling cluster starts such nodes), e.g. ``H200`` or ``A10G``.
+    backbone_weights: an ImageNet ResNet state dict (torchvision's ``resnet50-*.pth``; path or s3:// URI)
+        loaded into ``backbone.body`` before the first step, as the paper's training starts.
+    debug_dump_dir: a test hook: each rank records which image ids it trained on, per epoch
+        (``images_rank{R}.jsonl``), its node, and (``debug_dump_params``) its parameters after every step.
     """
 
     data: str = ""
@@ -43,9 +53,11 @@ class TrainRunConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 0.0
     gpus_per_worker: float = 1.0
+    accelerator_type: str = ""
     amp: str = "none"
     batch_size: int = 4
     max_iters: int = 0
+    epochs: float = 0.0
     minutes: float = 0.0
     eval_every: int = 0
     checkpoint_every: int = 50
@@ -61,6 +73,8 @@ class TrainRunConfig:
     placement_strategy: str = "PACK"
     fail_at_iteration: int = 0
     debug_dump_dir: str = ""
+    debug_dump_params: bool = True
+    backbone_weights: str = ""
 
     def validate(self) -> TrainRunConfig:
         if not self.data:
@@ -71,6 +85,10 @@ class TrainRunConfig:
             raise ValueError(f"train: amp must be none, bf16 or fp16, got {self.amp!r}")
         if self.amp != "none" and not self.use_gpu:
             raise ValueError("train: amp needs use_gpu (autocast on CPU workers is not supported here)")
+        if self.epochs < 0 or self.max_iters < 0:
+            raise ValueError(f"train: epochs and max_iters must be >= 0, got {self.epochs} and {self.max_iters}")
+        if self.epochs and self.max_iters:
+            raise ValueError(f"train: give max_iters or epochs, not both (got {self.max_iters} and {self.epochs})")
         return self
 
     def model_config(self):
@@ -110,36 +128,49 @@ def _max_across_ranks(value: float) -> float:
 
 
 def _batches_forever(shard, batch_size: int, seed: int):
-    """Endless (epoch, images, targets) from this worker's dataset shard, reshuffled every epoch."""
+    """Endless (epoch, images, targets, image ids) from this worker's dataset shard, reshuffled every epoch.
+
+    Ray Train splits the dataset with ``streaming_split(equal=True)``: per epoch every row goes to one
+    worker, and every worker gets the same number of rows (up to ``workers - 1`` rows of an epoch are left
+    out to make them equal), so every rank takes the same number of steps. The last batch of an epoch
+    may be smaller than ``batch_size``: no image is dropped to fill batches.
+    """
     from pipelines.shards import collate_shard_batch
 
     epoch = 0
     while True:
         count = 0
         for batch in shard.iter_batches(
-            batch_size=batch_size, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=4 * batch_size,
+            batch_size=batch_size, batch_format="numpy", drop_last=False, local_shuffle_buffer_size=4 * batch_size,
             local_shuffle_seed=seed + epoch,
         ):
             images, targets = collate_shard_batch(batch)
             count += 1
-            yield epoch, images, targets
+            yield epoch, images, targets, [int(i) for i in batch["image_id"]]
         if count == 0:
-            raise ValueError(f"this worker's training shard has fewer than batch_size={batch_size} images")
+            raise ValueError("this worker's part of the training shards is empty (fewer training images than workers?)")
         epoch += 1
 
 
-def _load_val(data_dir: Path, max_images: int):
+def _load_val(data_dir: str, max_images: int):
     """Val images + targets and the COCO ground truth built from the val shards (rank 0 only)."""
     import pyarrow.parquet as pq
 
-    from pipelines.shards import collate_shard_batch, list_shards, shards_to_coco_gt
+    from pipelines.shards import (
+        collate_shard_batch,
+        join_path,
+        list_shards,
+        resolve_path,
+        shards_to_coco_gt,
+    )
 
-    split_dir = data_dir / "val"
+    split_dir = join_path(data_dir, "val")
     try:
         files = list_shards(split_dir)
     except FileNotFoundError:
         return None
-    table = pq.read_table(files)
+    filesystem, _ = resolve_path(split_dir)
+    table = pq.read_table([resolve_path(f)[1] for f in files], filesystem=filesystem)
     if max_images:
         table = table.slice(0, max_images)
     batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
@@ -176,6 +207,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(run.seed + rank)
 
     model = build_model(cfg)
+    if run.backbone_weights and ray.train.get_checkpoint() is None:  # a resume loads every weight
+        _load_backbone_weights(model, run.backbone_weights)
     if run.use_gpu and world_size > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif not run.use_gpu:
@@ -215,7 +248,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         else:
             tracker.log_metrics({"train/resumed_at_iteration": state["iteration"]}, step=state["iteration"])
 
-    val = _load_val(Path(run.data), run.eval_max_images) if rank == 0 and run.eval_every else None
+    val = _load_val(run.data, run.eval_max_images) if rank == 0 and run.eval_every else None
     budget_s = run.minutes * 60 if run.minutes else None
     max_iters = run.max_iters or cfg.solver.max_iters
     batches = _batches_forever(ray.train.get_dataset_shard("train"), run.batch_size, run.seed + 1000 * state["attempt"])
@@ -279,7 +312,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     start = time.perf_counter() - state["elapsed_s"]
     state["elapsed_s"] = _max_across_ranks(time.perf_counter() - start)
     while progress() < 1.0:
-        epoch, images, targets = next(batches)
+        epoch, images, targets, image_ids = next(batches)
         state["epoch"] = epoch
         images = [img.to(device) for img in images]
         targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
@@ -304,7 +337,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                   f"{state['images_seen'] / max(time.perf_counter() - start, 1e-6):.1f} img/s  "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
         if run.debug_dump_dir:
-            _dump_parameters(model, Path(run.debug_dump_dir), rank, state["iteration"])
+            _dump_seen_images(Path(run.debug_dump_dir), rank, epoch, state["iteration"], image_ids)
+            if run.debug_dump_params:
+                _dump_parameters(model, Path(run.debug_dump_dir), rank, state["iteration"])
         if run.fail_at_iteration and state["iteration"] == run.fail_at_iteration and rank == world_size - 1:
             _fail_once(Path(run.storage_path) / run.name / ".injected_failure")
         state["elapsed_s"] = _max_across_ranks(time.perf_counter() - start)
@@ -317,6 +352,53 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if val is not None and run.num_val_overlays:
             _log_overlays(tracker, model, val, categories, device, run.num_val_overlays)
         tracker.end("FINISHED")
+
+
+def _dump_seen_images(out_dir: Path, rank: int, epoch: int, iteration: int, image_ids: list[int]) -> None:
+    """Append this step's image ids to ``images_rank{rank}.jsonl`` (tests check: each image once per epoch)."""
+    import ray
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"node_rank{rank}.txt").write_text(ray.get_runtime_context().get_node_id())
+    with open(out_dir / f"images_rank{rank}.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": epoch, "iteration": iteration, "image_ids": image_ids}) + "\n")
+
+
+def _load_backbone_weights(model, path: str) -> None:
+    """Load an ImageNet ResNet state dict (torchvision's layout; ``fc.*`` ignored) into ``model.backbone.body``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a state dict of this ResNet (names the missing or extra keys).
+    """
+    import io
+    import pickle
+
+    import torch
+
+    from pipelines.shards import read_bytes, resolve_path
+
+    fs, inner = resolve_path(path)
+    try:
+        data = read_bytes(fs, inner)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"backbone_weights {path}: no such file") from None
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"backbone_weights {path}: not a torch state dict ({type(exc).__name__}: {exc})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"backbone_weights {path}: expected a state dict, got {type(state).__name__}")  # noqa: TRY004 (a bad file, not a bad argument)
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
+    body = model.backbone.body
+    missing, unexpected = body.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in unexpected if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ValueError(f"backbone_weights {path}: not a state dict of this ResNet ({len(missing)} missing keys, e.g. "
+                         f"{missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]})")  # fmt: skip
 
 
 def _dump_parameters(model, out_dir: Path, rank: int, iteration: int) -> None:
@@ -388,6 +470,23 @@ def auto_cpus_per_worker(workers: int, *, use_gpu: bool) -> float:
     return min(share, 8.0 if use_gpu else 1.0)
 
 
+def _warn_about_setup(run: TrainRunConfig, cfg) -> None:
+    """One line on stderr for set-ups that run but are probably not what was meant."""
+    import sys
+
+    import ray
+
+    if cfg.model.backbone.norm == "frozen_bn" and not run.backbone_weights:
+        print(f"[train] warning: preset {run.preset} freezes BatchNorm and the first ResNet stages (a pretrained "
+              "layout) but no backbone_weights were given: they stay at their random init", file=sys.stderr)  # fmt: skip
+    if "://" not in run.storage_path:
+        nodes = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+        if len(nodes) > 1:
+            print(f"[train] warning: storage_path {run.storage_path} is a local path on a cluster of {len(nodes)} "
+                  "machines: checkpoints need shared storage (s3://, gs://, or NFS mounted at the same path on "
+                  "every node)", file=sys.stderr)  # fmt: skip
+
+
 @dataclass
 class TrainResult:
     iteration: int
@@ -404,25 +503,30 @@ def train(run: TrainRunConfig, *, ray_address: str | None = None) -> TrainResult
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipelines.shards import list_shards, read_categories
+    from pipelines.shards import join_path, list_shards, read_categories
 
     run = run.validate()
     if not run.storage_path:
         run = dataclasses.replace(run, storage_path=str(Path("ray_results").resolve()))
     if "://" not in run.storage_path:
         run = dataclasses.replace(run, storage_path=str(Path(run.storage_path).resolve()))
-    data_dir = Path(run.data)
     if not ray.is_initialized():
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
 
-    categories = read_categories(data_dir)
+    categories = read_categories(run.data)
     cfg = run.model_config()
     if cfg.model.num_classes != categories.num_classes:
         cfg = cfg.replace(**{"model.num_classes": categories.num_classes})
     if run.cpus_per_worker <= 0:
         run = dataclasses.replace(run, cpus_per_worker=auto_cpus_per_worker(run.workers, use_gpu=run.use_gpu))
-    train_ds = ray.data.read_parquet(list_shards(data_dir / "train"))
+    train_ds = ray.data.read_parquet(list_shards(join_path(run.data, "train")))
     data_stats = {"train_images": train_ds.count(), "num_classes": categories.num_classes}
+    if run.epochs:
+        total_batch = run.batch_size * run.workers
+        run = dataclasses.replace(run, max_iters=max(1, math.ceil(run.epochs * data_stats["train_images"] / total_batch)))
+        print(f"[train] {run.epochs:g} epochs of {data_stats['train_images']} images at {total_batch} per step: "
+              f"{run.max_iters} iterations", flush=True)  # fmt: skip
+    _warn_about_setup(run, cfg)
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -433,6 +537,7 @@ def train(run: TrainRunConfig, *, ray_address: str | None = None) -> TrainResult
             use_gpu=run.use_gpu,
             resources_per_worker={"CPU": run.cpus_per_worker, **({"GPU": run.gpus_per_worker} if run.use_gpu else {})},
             placement_strategy=run.placement_strategy,
+            accelerator_type=run.accelerator_type or None,
         ),
         run_config=ray.train.RunConfig(
             storage_path=run.storage_path,
@@ -446,10 +551,18 @@ def train(run: TrainRunConfig, *, ray_address: str | None = None) -> TrainResult
     checkpoint_path = None
     mlflow_run_id = None
     if result.checkpoint is not None:
-        checkpoint_path = str(Path(result.checkpoint.path) / CHECKPOINT_FILE)
-        from mrcnn.checkpoint import load_checkpoint
+        import pyarrow.fs as pafs
 
-        training_state = load_checkpoint(checkpoint_path).training_state or {}
+        from mrcnn.checkpoint import load_checkpoint
+        from pipelines.shards import display_path
+
+        checkpoint = result.checkpoint
+        checkpoint_path = display_path(run.storage_path, checkpoint.filesystem, f"{checkpoint.path}/{CHECKPOINT_FILE}")
+        if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+            training_state = load_checkpoint(checkpoint_path).training_state or {}
+        else:  # s3://, gs://: the driver downloads it
+            with checkpoint.as_directory() as local_dir:
+                training_state = load_checkpoint(Path(local_dir) / CHECKPOINT_FILE).training_state or {}
         mlflow_run_id = json.loads(training_state.get("loop_state", "{}")).get("mlflow_run_id")
     return TrainResult(
         iteration=int(result.metrics.get("iteration", 0)) if result.metrics else 0,

@@ -358,7 +358,9 @@ def follow_job(client, job_id: str, *, out: IO[str] | None = None, poll_s: float
     if len(logs) > written:  # what the stream did not deliver
         out.write(logs[written:])
         out.flush()
-    return JobOutcome(job_id, str(info.status), info.message or "")
+    # A failed job's message ends with the last lines of its logs, printed above: keep its first line.
+    message = (info.message or "").strip().splitlines()
+    return JobOutcome(job_id, str(info.status), message[0] if message else "")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from mrcnn.data.synthetic import make_synthetic_coco
+from pipelines.cli import main
 from tests.pipelines.mlflow_server import free_port, mlflow_server
 from tests.pipelines.ray_cluster import ray_start_cluster
 
@@ -178,3 +179,48 @@ def test_unreachable_address_and_missing_token(cluster):
     assert len(no_token.stderr.strip().splitlines()) == 1 and "token" in no_token.stderr, no_token.stderr
     no_address = mrcnn("jobs", "list")
     assert no_address.returncode == 2 and "--address http://HEAD:8265" in no_address.stderr
+
+
+# ---------------------------------------------------------------- no cluster needed
+def test_submit_options_may_come_after_the_job_and_dash_dash_passes_the_rest(monkeypatch, capsys):
+    import pipelines.submit
+    from pipelines.submit import JobOutcome
+
+    calls = []
+
+    def fake_submit(job, args, **kw):
+        calls.append((job, args, kw))
+        return JobOutcome("mrcnn-x-1", "SUCCEEDED")
+
+    monkeypatch.setattr(pipelines.submit, "submit", fake_submit)
+    argv = ["submit", "--env", "A=1", "segment", "--model", "m.ckpt", "--address", "http://head:8265", "--follow",
+            "--env", "B", "--", "--address", "auto", "--follow"]  # fmt: skip
+    assert main(argv) == 0
+    (job, args, kw), = calls
+    assert job == "segment"
+    assert args == ["--model", "m.ckpt", "--address", "auto", "--follow"]  # after `--`: the job's own flags
+    assert kw["address"] == "http://head:8265" and kw["follow"] is True and kw["env"] == ["A=1", "B"]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["status"] == "SUCCEEDED"
+
+
+def test_entrypoint_and_runtime_env():
+    from pipelines.submit import (
+        EXCLUDES,
+        build_entrypoint,
+        build_runtime_env,
+        parse_env,
+    )
+
+    assert build_entrypoint("train", ["--set", "model.box_head.pooler=roi_pool", "--name", "two words"]) == (
+        "python -m jobs.train --set model.box_head.pooler=roi_pool --name 'two words'"
+    )
+    environ = {"MLFLOW_TRACKING_URI": "http://10.0.0.5:5000", "NCCL_SOCKET_IFNAME": "ens5", "HOME": "/root", "TOKEN": "t"}
+    env = parse_env(["GLOO_SOCKET_IFNAME=ens5", "TOKEN", "X=a=b"], environ)
+    assert env == {"GLOO_SOCKET_IFNAME": "ens5", "TOKEN": "t", "X": "a=b"}
+    runtime_env = build_runtime_env(working_dir=ROOT, env={"NCCL_SOCKET_IFNAME": "eth1"}, environ=environ)
+    assert runtime_env["working_dir"] == str(ROOT)
+    assert runtime_env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://10.0.0.5:5000", "NCCL_SOCKET_IFNAME": "eth1"}
+    assert runtime_env["excludes"] == list(EXCLUDES) and "/.venv/" in EXCLUDES and ".git" in EXCLUDES
+    for bad in ("1X=2", "=3", "A-B=1"):
+        with pytest.raises(ValueError, match="expected KEY=VALUE or KEY"):
+            parse_env([bad], environ)

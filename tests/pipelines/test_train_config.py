@@ -1,0 +1,92 @@
+"""Run configs of `mrcnn train`: the paper-scale COCO presets in configs/, the job config, the budget
+(max_iters or epochs, the linear scaling rule), and ImageNet backbone weights."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+import yaml
+
+import pipelines.train
+from pipelines.cli import main
+from pipelines.train import TrainResult, TrainRunConfig, _load_backbone_weights
+
+ROOT = Path(__file__).resolve().parents[2]
+COCO_TRAIN2017_IMAGES = 118287
+
+
+@pytest.mark.parametrize(("name", "depth"), [("coco_r50_fpn_1x", 50), ("coco_r101_fpn_1x", 101)])
+def test_paper_scale_configs(name, depth):
+    run = TrainRunConfig.from_yaml(ROOT / "configs" / f"{name}.yaml").validate()
+    cfg = run.model_config()
+    assert cfg.model.backbone.depth == depth and cfg.model.backbone.norm == "frozen_bn"
+    # He et al. 2017: 16 images per step, lr 0.02, 90k iterations, x0.1 at 60k and 80k.
+    assert run.workers * run.batch_size == 16 and run.use_gpu
+    assert run.max_iters == 90000 and not run.epochs
+    assert cfg.solver.optimizer == "sgd" and cfg.solver.momentum == 0.9 and cfg.solver.weight_decay == 1e-4
+    assert cfg.solver.scaled_lr(run.workers * run.batch_size) == pytest.approx(0.02)
+    assert [round(s * run.max_iters) for s in cfg.solver.steps] == [60000, 80000]
+    assert run.backbone_weights.endswith(".pth") and run.storage_path.startswith("s3://") and run.data.startswith("s3://")
+    # The accelerator it asks for is a node type of cluster.yaml with room for every worker.
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    nodes = [t for t in cluster["available_node_types"].values()
+             if t.get("resources", {}).get(f"accelerator_type:{run.accelerator_type}")]  # fmt: skip
+    assert nodes and nodes[0]["resources"]["GPU"] * nodes[0]["max_workers"] >= run.workers
+
+
+def test_the_job_config_validates():
+    run = TrainRunConfig.from_yaml(ROOT / "jobs" / "configs" / "train.yaml").validate()
+    assert run.model_config().name == "r18_fpn_small"
+
+
+def test_other_gpu_counts_keep_the_schedule_by_the_linear_scaling_rule(monkeypatch, tmp_path):
+    """--epochs with another total batch: lr x B/16 and iterations x 16/B, decay at the same fractions."""
+    launched = []
+    monkeypatch.setattr(pipelines.train, "train", lambda run, **kw: launched.append(run) or TrainResult(0, {}, None, None, ""))
+    config = str(ROOT / "configs" / "coco_r50_fpn_1x.yaml")
+    assert main(["train", "--config", config, "--workers", "4", "--batch-size", "8", "--epochs", "12.17"]) == 0
+    run = launched[-1].validate()
+    assert (run.max_iters, run.epochs, run.workers * run.batch_size) == (0, 12.17, 32)
+    iterations = math.ceil(run.epochs * COCO_TRAIN2017_IMAGES / 32)  # what train() computes from the shards
+    assert iterations == 44987 and iterations * 32 == pytest.approx(90000 * 16, rel=1e-3)
+    assert run.model_config().solver.scaled_lr(32) == pytest.approx(0.04)
+    # And back: --max-iters on the command line replaces a config's epochs.
+    (tmp_path / "e.yaml").write_text("data: d\nepochs: 3\n")
+    assert main(["train", "--config", str(tmp_path / "e.yaml"), "--max-iters", "10"]) == 0
+    assert (launched[-1].max_iters, launched[-1].epochs) == (10, 0.0)
+
+
+def test_budget_validation():
+    with pytest.raises(ValueError, match="give max_iters or epochs, not both"):
+        TrainRunConfig(data="d", max_iters=10, epochs=1).validate()
+    with pytest.raises(ValueError, match="must be >= 0"):
+        TrainRunConfig(data="d", epochs=-1).validate()
+
+
+def test_backbone_weights_load_an_imagenet_resnet_state_dict(tmp_path):
+    from mrcnn.config import get_preset
+    from mrcnn.modeling import build_model
+
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(weights=None)
+    state = resnet.state_dict()
+    torch.save(state, tmp_path / "resnet18.pth")
+    model = build_model(get_preset("r18_fpn_small"))
+    _load_backbone_weights(model, str(tmp_path / "resnet18.pth"))
+    loaded = model.backbone.body.state_dict()
+    for key, value in loaded.items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0, msg=key)
+    assert not any(k.startswith("fc.") for k in loaded)
+
+    torch.save({"conv1.weight": state["conv1.weight"]}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="not a state dict of this ResNet"):
+        _load_backbone_weights(model, str(tmp_path / "partial.pth"))
+    (tmp_path / "text.pth").write_text("not torch")
+    with pytest.raises(ValueError, match="not a torch state dict"):
+        _load_backbone_weights(model, str(tmp_path / "text.pth"))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        _load_backbone_weights(model, str(tmp_path / "missing.pth"))

@@ -308,7 +308,18 @@ class Tracker:
         _set_tags(self._client, self._run_id, {sanitize_key(k): str(v) for k, v in tags.items()})
 
     def set_git_commit(self) -> str | None:
-        """Tag ``mlflow.source.git.commit`` with the project's ``git rev-parse HEAD``; None (nothing set) without git."""
+        """Tag ``mlflow.source.git.commit`` with the project's ``git rev-parse HEAD``; None (nothing set) without git.
+
+        A job submitted with ``mrcnn submit`` runs from an uploaded copy without ``.git``: the commit it
+        was submitted from comes in ``MRCNN_GIT_COMMIT`` (``+dirty`` when the copy had local changes).
+        """
+        submitted = os.environ.get("MRCNN_GIT_COMMIT", "").strip()
+        if re.fullmatch(r"[0-9a-f]{40,64}(\+dirty)?", submitted):
+            commit = submitted.removesuffix("+dirty")
+            self._client.set_tag(self._run_id, GIT_COMMIT_TAG, commit)
+            if submitted.endswith("+dirty"):
+                self._client.set_tag(self._run_id, "mrcnn.git_dirty", "true")
+            return commit
         try:
             result = subprocess.run(
                 ["git", "-C", str(_PROJECT_DIR), "rev-parse", "HEAD"],

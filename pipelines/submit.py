@@ -329,7 +329,12 @@ def submit(
         print(f"mrcnn submit: follow it with `mrcnn jobs logs {job_id} --follow`, stop it with `mrcnn jobs stop {job_id}`",
               file=err)  # fmt: skip
         return JobOutcome(job_id, str(_call(f"job {job_id}", client.get_job_status, job_id)))
-    return follow_job(client, job_id, out=out)
+    try:
+        return follow_job(client, job_id, out=out)
+    except KeyboardInterrupt:
+        print(f"\nmrcnn submit: stopped following job {job_id}; it goes on running "
+              f"(`mrcnn jobs logs {job_id} --follow`, `mrcnn jobs stop {job_id}`)", file=err)  # fmt: skip
+        raise
 
 
 def follow_job(client, job_id: str, *, out: IO[str] | None = None, poll_s: float = 1.0) -> JobOutcome:

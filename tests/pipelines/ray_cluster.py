@@ -13,8 +13,8 @@ Every node is a ``ray start --block`` process on 127.0.0.1 in its own session, w
 ``--temp-dir`` and ports the OS picked, so the cluster never collides with another Ray on the
 machine: ``ray.init()`` elsewhere does not find it (its address file is in the private temp dir),
 and stopping it never touches another Ray (no ``ray stop``, which stops every Ray of the user). On
-exit each node gets SIGTERM (``--block`` then stops the processes it started); anything still alive
-in the node's session after that is killed.
+exit every node gets SIGTERM (``--block`` then stops the processes it started); anything still alive
+in the nodes' sessions after that is killed.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from pathlib import Path
 from tests.pipelines.mlflow_server import free_port
 
 START_TIMEOUT_S = 180.0
-STOP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 8.0
 
 
 @dataclass(frozen=True)
@@ -83,24 +83,27 @@ def _session_pids(sid: int) -> list[int]:
     return pids
 
 
-def _stop_node(process: subprocess.Popen) -> None:
-    """SIGTERM the ``ray start --block`` process, wait, then kill what is left of its session."""
-    sid = process.pid  # start_new_session: the session id is the leader's pid
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
+def _stop_nodes(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM every ``ray start --block`` process at once (each then stops what it started), wait a
+    little, then kill whatever is left in their sessions."""
+    for process in processes:
+        if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
-    deadline = time.monotonic() + 10
-    while _session_pids(sid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for pid in _session_pids(sid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+                process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+    for process in processes:
+        sid = process.pid  # start_new_session: the session id is the leader's pid
+        for pid in [process.pid, *_session_pids(sid)]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+    deadline = time.monotonic() + 10  # killed processes take a moment to go
+    while any(_session_pids(p.pid) for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def _get(url: str, token: str, timeout: float):
@@ -235,6 +238,5 @@ def ray_start_cluster(
             pids=tuple(p.pid for p in processes),
         )
     finally:
-        for process in reversed(processes):  # workers first, then the head
-            _stop_node(process)
+        _stop_nodes(processes)
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from pipelines.shards import display_path, join_path, read_bytes, resolve_path
+from pipelines.shards import display_path, join_path, read_uri, resolve_path
 
 __all__ = ["EvaluationSummary", "evaluate"]
 
@@ -67,11 +67,7 @@ class EvaluationSummary:
 
 
 def _read_json(path: str) -> Any:
-    fs, inner = resolve_path(path)
-    try:
-        data = read_bytes(fs, inner)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
+    data = read_uri(path)
     try:
         return json.loads(data)
     except json.JSONDecodeError as exc:

@@ -38,6 +38,7 @@ __all__ = [
     "columns_schema",
     "list_shards",
     "read_categories",
+    "read_uri",
     "resolve_path",
     "shard_file_name",
     "shard_schema",
@@ -121,6 +122,15 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
     """The whole file; ``FileNotFoundError`` when it does not exist."""
     with fs.open_input_stream(path) as stream:
         return stream.read()
+
+
+def read_uri(uri: str | os.PathLike) -> bytes:
+    """The whole file at a local path or URI; ``FileNotFoundError`` naming ``uri`` when it does not exist."""
+    fs, path = resolve_path(uri)
+    try:
+        return read_bytes(fs, path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri}: no such file") from None
 
 
 def list_shards(split_dir: str | os.PathLike) -> list[str]:

@@ -376,11 +376,10 @@ def _load_backbone_weights(model, path: str) -> None:
 
     import torch
 
-    from pipelines.shards import read_bytes, resolve_path
+    from pipelines.shards import read_uri
 
-    fs, inner = resolve_path(path)
     try:
-        data = read_bytes(fs, inner)
+        data = read_uri(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"backbone_weights {path}: no such file") from None
     try:

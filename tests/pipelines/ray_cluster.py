@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.pipelines.mlflow_server import free_port
+from tests.pipelines.mlflow_server import _log_tail, free_port
 
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 8.0
@@ -129,13 +129,6 @@ def _alive_nodes(url: str, token: str) -> int:
         return 0
     summary = data.get("data", {}).get("summary", [])
     return sum(1 for node in summary if node.get("raylet", {}).get("state") == "ALIVE")
-
-
-def _log_tail(path: Path, num_lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-num_lines:])
-    except OSError:
-        return "(no log)"
 
 
 @contextlib.contextmanager

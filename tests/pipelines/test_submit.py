@@ -21,16 +21,10 @@ from mrcnn.data.synthetic import make_synthetic_coco
 from pipelines.cli import main
 from tests.pipelines.mlflow_server import free_port, mlflow_server
 from tests.pipelines.ray_cluster import ray_start_cluster
+from tests.pipelines.test_train import LIGHT
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_TRAIN, NUM_VAL = 16, 4
-# The small preset with narrower heads: a step takes about a second on one CPU.
-LIGHT = {
-    "model.backbone.out_channels": 64,
-    "model.box_head.representation_size": 128,
-    "model.mask_head.conv_dim": 64,
-    "model.box_head.batch_size_per_image": 32,
-}
 
 
 @pytest.fixture(scope="module")

@@ -243,7 +243,10 @@ def masks_to_rles(masks: np.ndarray) -> list[dict]:
         raise ValueError(f"masks must have shape [N, H, W], got {tuple(masks.shape)}")
     if masks.shape[0] == 0:
         return []
-    stacked = np.asfortranarray((masks != 0).transpose(1, 2, 0), dtype=np.uint8)  # [H, W, N]
+    binary = masks.view(np.uint8) if masks.dtype == np.bool_ else (masks != 0).view(np.uint8)
+    # [H, W, N] in Fortran order, the encoder's input; no copy when each mask is stored column-major
+    # (as mrcnn.modeling.paste lays them out).
+    stacked = np.asfortranarray(binary.transpose(1, 2, 0))
     return [_canonical(rle) for rle in coco_mask.encode(stacked)]
 
 

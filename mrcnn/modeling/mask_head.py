@@ -141,3 +141,34 @@ def mask_probs_for_labels(mask_logits: Tensor, labels: list[Tensor], *, loss_typ
     channel = all_labels if C > 1 else torch.zeros_like(all_labels)
     probs = probs[torch.arange(R, device=probs.device), channel][:, None]
     return list(probs.split([len(l) for l in labels], dim=0))
+
+
+def predict_mask_probs(predictor: nn.Module, mask_features: Tensor, labels: list[Tensor], *, loss_type: str = "sigmoid") -> list[Tensor]:
+    """Inference: per-detection mask probabilities of the predicted class, from the mask head's features.
+
+    For the paper's head (FCN predictor, per-class sigmoid) only the predicted class's channel of the 1x1
+    logits conv is computed (one dot product per pixel instead of K + 1); the result equals
+    ``mask_probs_for_labels(predictor(mask_features), labels)`` up to float rounding. Other variants run
+    the whole predictor.
+
+    Args:
+        predictor: the mask predictor (``roi_heads.mask_predictor``).
+        mask_features (Tensor[R, C, S, S]): the mask head's output for all detections of the batch.
+        labels: per image, Tensor[R_i] predicted labels.
+
+    Returns:
+        per image, Tensor[R_i, 1, M, M] probabilities in 0..1.
+    """
+    logits_conv = getattr(predictor, "mask_fcn_logits", None)
+    if loss_type != "sigmoid" or not isinstance(predictor, MaskRCNNPredictor) or logits_conv.out_channels == 1:
+        return mask_probs_for_labels(predictor(mask_features), labels, loss_type=loss_type)
+    all_labels = torch.cat(labels)
+    x = F.relu(predictor.conv5_mask(mask_features))  # [R, C, M, M]
+    R, C, M, _ = x.shape
+    weight = logits_conv.weight[all_labels, :, 0, 0]  # [R, C]
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        logits = torch.bmm(x.permute(0, 2, 3, 1).reshape(R, M * M, C), weight[:, :, None])  # [R, M*M, 1]
+    else:
+        logits = torch.bmm(weight[:, None, :], x.reshape(R, C, M * M))  # [R, 1, M*M]
+    logits = logits.view(R, 1, M, M) + logits_conv.bias[all_labels].view(R, 1, 1, 1)
+    return list(logits.sigmoid().split([len(l) for l in labels], dim=0))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from mrcnn.config import Config, ModelConfig
 from mrcnn.modeling.backbone import build_resnet_fpn_backbone
+from mrcnn.modeling.paste import paste_masks_binary
 from mrcnn.modeling.roi_heads import build_roi_heads
 from mrcnn.modeling.rpn import build_rpn
 
@@ -21,7 +23,9 @@ class ModelOutput(NamedTuple):
         ``boxes`` (Tensor[D, 4]): XYXY in the original image's pixels;
         ``labels`` (Tensor[D] int64): contiguous labels 1..K;
         ``scores`` (Tensor[D]): class probabilities;
-        ``masks`` (Tensor[D, 1, H, W]): mask probabilities pasted into the original image (threshold at 0.5).
+        ``masks`` (Tensor[D, 1, H, W]): mask probabilities pasted into the original image (threshold at 0.5);
+        with a keypoint head (``model.task: keypoints``): ``keypoints`` (Tensor[D, K, 3]): (x, y, 1) in the
+        original image's pixels, and ``keypoints_scores`` (Tensor[D, K]): each keypoint's heatmap logit.
     """
 
     losses: dict[str, Tensor]
@@ -37,13 +41,25 @@ class MaskRCNN(nn.Module):
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
+        # Set by mrcnn.modeling.inference.optimize_for_inference: run the convolutions in NHWC.
+        self.channels_last = False
 
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> ModelOutput:
+    def forward(
+        self,
+        images: list[Tensor],
+        targets: list[dict[str, Tensor]] | None = None,
+        *,
+        mask_threshold: float | None = None,
+    ) -> ModelOutput:
         """
         Args:
             images: per image, Tensor[3, H, W] float RGB in 0..1; sizes may differ.
             targets: optional, per image: ``boxes`` (Tensor[G, 4] float, XYXY absolute pixels),
-                ``labels`` (Tensor[G] int64, 1..K), ``masks`` (Tensor[G, H, W] uint8). Required in train mode.
+                ``labels`` (Tensor[G] int64, 1..K), ``masks`` (Tensor[G, H, W] uint8), and for a keypoint model
+                ``keypoints`` (Tensor[G, K, 3] float, (x, y, v) absolute pixels). Required in train mode.
+            mask_threshold: if given, detections carry binary masks, ``masks`` (Tensor[D, H, W] bool), equal to
+                thresholding the probabilities at this value but pasted without full-image float maps
+                (``mrcnn.modeling.paste``); the fast path of ``mrcnn.Predictor``.
 
         Returns:
             ModelOutput(losses, detections); see its docstring.
@@ -54,12 +70,36 @@ class MaskRCNN(nn.Module):
             _check_targets(images, targets)
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         image_list, targets = self.transform(images, targets)
-        features = self.backbone(image_list.tensors)
+        batch = image_list.tensors
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        features = self.backbone(batch)
         proposals, proposal_losses = self.rpn(image_list, features, targets)
+        if self.channels_last:
+            # RoIAlign/RoIPool read NCHW: convert each level once rather than in every pooling call.
+            features = {name: level.contiguous() for name, level in features.items()}
         detections, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
         if detections:
-            detections = self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+            detections = self._postprocess(detections, image_list.image_sizes, original_sizes, mask_threshold=mask_threshold)
         return ModelOutput(losses={**proposal_losses, **detector_losses}, detections=detections)
+
+    def _postprocess(
+        self,
+        detections: list[dict[str, Tensor]],
+        image_sizes: list[tuple[int, int]],
+        original_sizes: list[tuple[int, int]],
+        *,
+        mask_threshold: float | None,
+    ) -> list[dict[str, Tensor]]:
+        """Boxes (and keypoints) back to the original images; masks pasted as probabilities or binary."""
+        if mask_threshold is None:
+            return self.transform.postprocess(detections, image_sizes, original_sizes)
+        mask_probs = [d.pop("masks", None) for d in detections]
+        detections = self.transform.postprocess(detections, image_sizes, original_sizes)
+        for detection, probs, size in zip(detections, mask_probs, original_sizes):
+            if probs is not None:
+                detection["masks"] = paste_masks_binary(probs, detection["boxes"], size, threshold=mask_threshold)
+        return detections
 
 
 def _check_targets(images: list[Tensor], targets: list[dict[str, Tensor]]) -> None:

@@ -6,10 +6,24 @@ k0 = 4, clamped to the available levels, exactly as torchvision's ``MultiScaleRo
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
+
+_MIN_ROIS_PER_THREAD = 32
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _thread_pool() -> ThreadPoolExecutor:
+    """The threads that pool RoI chunks in parallel at inference (created on first use)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="mrcnn-roi-pool")
+    return _POOL
 
 
 class MultiScaleRoIPooler(nn.Module):
@@ -79,10 +93,29 @@ class MultiScaleRoIPooler(nn.Module):
         N, C = rois.shape[0], features_per_level[0].shape[1]
         ref = features_per_level[0]
         result = torch.zeros((N, C) + self.output_size, dtype=ref.dtype, device=ref.device)
+        jobs = []  # (indices of the RoIs, their level's features, scale)
         for level, (features_in_level, scale) in enumerate(zip(features_per_level, scales)):
             idx_in_level = torch.where(levels == level)[0]
-            pooled = self._pool_level(features_in_level, rois[idx_in_level], scale)
-            result[idx_in_level] = pooled.to(result.dtype)
+            jobs.append((idx_in_level, features_in_level, scale))
+        num_threads = torch.get_num_threads()
+        if ref.device.type == "cpu" and num_threads > 1 and N >= _MIN_ROIS_PER_THREAD * 2 and not torch.is_grad_enabled():
+            # torchvision's CPU kernels pool one RoI at a time on one core: split the RoIs over the
+            # intra-op threads (the kernels release the GIL). Same kernel, same numbers.
+            jobs = [
+                (chunk, features_in_level, scale)
+                for idx, features_in_level, scale in jobs
+                for chunk in idx.tensor_split(max(1, min(num_threads, len(idx) // _MIN_ROIS_PER_THREAD)))
+                if len(chunk)
+            ]
+            features_by_job = [features_in_level.contiguous() for _, features_in_level, _ in jobs]
+            pooled_by_job = _thread_pool().map(
+                lambda job, feats: self._pool_level(feats, rois[job[0]], job[2]), jobs, features_by_job
+            )
+            for (idx, _, _), pooled in zip(jobs, pooled_by_job):
+                result[idx] = pooled.to(result.dtype)
+            return result
+        for idx, features_in_level, scale in jobs:
+            result[idx] = self._pool_level(features_in_level, rois[idx], scale).to(result.dtype)
         return result
 
     def extra_repr(self) -> str:

@@ -16,6 +16,7 @@ from mrcnn.checkpoint import load_checkpoint
 from mrcnn.data.images import load_image
 from mrcnn.predictor import Predictor
 from mrcnn.records import DETECTION_FIELDS
+from tests.mrcnn.modeling.inference_checks import assert_same_detections_up_to_rounding
 
 PHOTO = Path(__file__).resolve().parents[1] / "data" / "photos" / "000000000072.jpg"
 
@@ -139,8 +140,9 @@ def _check_arch(arch: str, images, tmp_path_factory):
         ours = model([_to_tensor(img) for img in images]).detections
     _assert_same_detections(ours, theirs)
 
-    # The served path: Predictor.from_checkpoint with arch auto-detection, HxWx3 uint8 in, records out.
-    predictor = Predictor.from_checkpoint(path, score_threshold=0.0)
+    # The served path: Predictor.from_checkpoint with arch auto-detection, HxWx3 uint8 in, records out;
+    # optimize=False runs the model as loaded, so the records are exactly torchvision's.
+    predictor = Predictor.from_checkpoint(path, score_threshold=0.0, optimize=False)
     assert predictor.metadata["source_format"] == "torchvision"
     # A bare state dict carries no config, so the preset's input size and top-n apply; set them as above.
     predictor.model.transform.min_size = (MIN_SIZE,)
@@ -152,6 +154,12 @@ def _check_arch(arch: str, images, tmp_path_factory):
     for per_image, detection, image in zip(records, theirs, images):
         _assert_records_equal(per_image, _expected_records(detection))
         assert all(r["segmentation"]["size"] == list(image.shape[:2]) for r in per_image)
+
+    # The default, optimized predictor (BatchNorm folded, channels-last): the same detections up to
+    # float rounding, masks at IoU >= 0.98 per instance (tests/mrcnn/modeling/test_inference.py has the details).
+    fast = Predictor(model, config=checkpoint.config, categories=checkpoint.categories, score_threshold=0.0)
+    for ours_raw, detection in zip(fast.predict_raw(images), theirs):
+        assert_same_detections_up_to_rounding(ours_raw, detection)
 
 
 def test_torchvision_maskrcnn_resnet50_fpn_state_dict(images, tmp_path_factory):
@@ -170,3 +178,32 @@ def test_wrong_arch_for_state_dict_is_a_checkpoint_error(tmp_path):
     torch.save(BUILDERS["r50_fpn"](weights=None, weights_backbone=None).state_dict(), path)
     with pytest.raises(CheckpointError, match="do not fit preset 'r50_fpn_v2'"):
         load_checkpoint(path, arch="r50_fpn_v2").build_model()
+
+
+def test_torchvision_keypointrcnn_resnet50_fpn_state_dict(images, tmp_path):
+    """A bare keypointrcnn_resnet50_fpn state dict: detected as r50_fpn_keypoints (COCO person, 17 keypoints),
+    and the same boxes, keypoints and keypoint scores as torchvision's model."""
+    from mrcnn.data.keypoints import COCO_PERSON_KEYPOINTS, COCO_PERSON_SKELETON
+
+    torch.manual_seed(0)
+    reference = torchvision.models.detection.keypointrcnn_resnet50_fpn(**TORCHVISION_KWARGS).eval()
+    path = tmp_path / "keypointrcnn.pth"
+    torch.save(reference.state_dict(), path)
+    with torch.no_grad():
+        theirs = reference([_to_tensor(img) for img in images])
+    assert all(len(d["scores"]) == DETECTIONS for d in theirs)
+
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.config.name == "r50_fpn_keypoints" and checkpoint.config.model.task == "keypoints"
+    assert not checkpoint.config.model.mask_head.enabled
+    person = checkpoint.categories.keypoint_category
+    assert (person.id, person.name, person.keypoints, person.skeleton) == (1, "person", COCO_PERSON_KEYPOINTS, COCO_PERSON_SKELETON)
+    model = dataclasses.replace(checkpoint, config=checkpoint.config.replace(**CONFIG_OVERRIDES)).build_model().eval()
+    with torch.no_grad():
+        ours = model([_to_tensor(img) for img in images]).detections
+    for a, b in zip(ours, theirs):
+        assert set(a) == set(b) == {"boxes", "labels", "scores", "keypoints", "keypoints_scores"}
+        torch.testing.assert_close(a["labels"], b["labels"], rtol=0, atol=0)
+        torch.testing.assert_close(a["boxes"], b["boxes"], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(a["keypoints"], b["keypoints"], rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(a["keypoints_scores"], b["keypoints_scores"], rtol=1e-4, atol=1e-4)

@@ -11,6 +11,12 @@ through that same mask, so each instance's pixels are exactly one flat colour.
 Output is deterministic for a seed (byte-identical PNG and json files), and each image
 has its own random stream (``SeedSequence(seed, spawn_key=(split, index))``), so train and
 val never share an image and image ``i`` does not depend on how many images were asked for.
+
+``difficulty="hard"`` (:data:`DIFFICULTIES`) draws the same five classes smaller (5% to 30% of the
+side), more of them per image (2 to 6), with thin-banded rings and thin-armed stars: masks whose
+edges are a pixel or two from the box edges, where the alignment of RoI features with the image
+shows at AP75 (the paper's RoIPool vs RoIAlign ablation). The default difficulty's output is
+unchanged by that option.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +35,9 @@ from mrcnn.data.categories import CategoryMap
 from mrcnn.data.masks import masks_to_rles
 
 __all__ = [
+    "DIFFICULTIES",
     "SHAPE_CLASSES",
+    "Difficulty",
     "make_synthetic_coco",
     "render_synthetic_image",
     "synthetic_categories",
@@ -36,12 +45,44 @@ __all__ = [
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring")
 
-MIN_SIZE_FRACTION = 0.08  # shape diameter / image side
+MIN_SIZE_FRACTION = 0.08  # shape diameter / image side (default difficulty)
 MAX_SIZE_FRACTION = 0.60
 MIN_VISIBLE_PIXELS = 20  # drop a shape whose visible part is smaller than this...
 MIN_VISIBLE_FRACTION = 0.25  # ...or than this fraction of its unoccluded area
 MIN_COLOUR_DISTANCE = 110.0  # RGB euclidean distance of a shape colour from the background colours
 _SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """How the shapes of one difficulty level are drawn.
+
+    min_size_fraction, max_size_fraction: shape diameter / image side, drawn log-uniform in this range.
+    ring_inner: inner / outer radius of a ring, uniform in this range (closer to 1 = a thinner band).
+    star_inner: inner / outer radius of a star's vertices (smaller = thinner arms).
+    min_shapes, max_shapes: instances per image when the caller gives no count.
+    """
+
+    min_size_fraction: float
+    max_size_fraction: float
+    ring_inner: tuple[float, float]
+    star_inner: tuple[float, float]
+    min_shapes: int
+    max_shapes: int
+
+
+DIFFICULTIES: dict[str, Difficulty] = {
+    "default": Difficulty(MIN_SIZE_FRACTION, MAX_SIZE_FRACTION, (0.45, 0.65), (0.38, 0.5), 1, 4),
+    # Small objects (6-38 px on a 128 px image; P2 cells are 4 px) and thin parts: a RoI rounded to
+    # the feature grid misplaces such a mask by a large fraction of its width.
+    "hard": Difficulty(0.05, 0.30, (0.62, 0.78), (0.28, 0.38), 2, 6),
+}
+
+
+def _difficulty(name: str) -> Difficulty:
+    if name not in DIFFICULTIES:
+        raise ValueError(f"difficulty: expected one of {sorted(DIFFICULTIES)}, got {name!r}")
+    return DIFFICULTIES[name]
 
 
 def synthetic_categories() -> CategoryMap:
@@ -85,9 +126,9 @@ def _regular_polygon(cx: float, cy: float, radii: list[float], angle: float) -> 
     ]
 
 
-def _shape_mask(rng: np.random.Generator, class_index: int, size: int) -> np.ndarray:
+def _shape_mask(rng: np.random.Generator, class_index: int, size: int, style: Difficulty) -> np.ndarray:
     """Full (unoccluded) mask of one random shape: uint8 [S, S], 1 inside."""
-    diameter = size * math.exp(rng.uniform(math.log(MIN_SIZE_FRACTION), math.log(MAX_SIZE_FRACTION)))
+    diameter = size * math.exp(rng.uniform(math.log(style.min_size_fraction), math.log(style.max_size_fraction)))
     radius = diameter / 2
     margin = min(radius * 0.5, size / 2)
     cx, cy = rng.uniform(margin, size - margin, size=2)
@@ -102,10 +143,10 @@ def _shape_mask(rng: np.random.Generator, class_index: int, size: int) -> np.nda
     elif name == "triangle":
         draw.polygon(_regular_polygon(cx, cy, [radius] * 3, angle), fill=1)
     elif name == "star":
-        inner = radius * rng.uniform(0.38, 0.5)
+        inner = radius * rng.uniform(*style.star_inner)
         draw.polygon(_regular_polygon(cx, cy, [radius, inner] * 5, angle), fill=1)
     elif name == "ring":
-        inner = radius * rng.uniform(0.45, 0.65)
+        inner = radius * rng.uniform(*style.ring_inner)
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=1)
         draw.ellipse([cx - inner, cy - inner, cx + inner, cy + inner], fill=0)
     else:  # pragma: no cover - SHAPE_CLASSES and this function change together
@@ -125,7 +166,12 @@ def _visible_masks(full_masks: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def render_synthetic_image(
-    rng: np.random.Generator, *, size: int, min_shapes: int = 1, max_shapes: int = 4
+    rng: np.random.Generator,
+    *,
+    size: int,
+    min_shapes: int | None = None,
+    max_shapes: int | None = None,
+    difficulty: str = "default",
 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """Draw one synthetic image with exact visible instance masks.
 
@@ -136,8 +182,10 @@ def render_synthetic_image(
     Args:
         rng (np.random.Generator): the only source of randomness.
         size (int): image side in pixels (square images), >= 16.
-        min_shapes (int): fewest instances in the result, >= 0 (0 allows empty images).
-        max_shapes (int): most shapes drawn, >= min_shapes.
+        min_shapes (int): fewest instances in the result, >= 0 (0 allows empty images); default: the
+            difficulty's (1 for ``default``).
+        max_shapes (int): most shapes drawn, >= min_shapes; default: the difficulty's (4 for ``default``).
+        difficulty (str): a key of :data:`DIFFICULTIES`: shape sizes and thinness.
 
     Returns:
         image (np.ndarray[S, S, 3] uint8): RGB.
@@ -145,6 +193,9 @@ def render_synthetic_image(
             bottom to top; ``class_index`` indexes :data:`SHAPE_CLASSES` (COCO category id is
             ``class_index + 1``); masks are 0/1, non-empty and disjoint.
     """
+    style = _difficulty(difficulty)
+    min_shapes = style.min_shapes if min_shapes is None else min_shapes
+    max_shapes = style.max_shapes if max_shapes is None else max_shapes
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size}")
     if not 0 <= min_shapes <= max_shapes:
@@ -153,7 +204,7 @@ def render_synthetic_image(
         background, background_colours = _background(rng, size)
         num_shapes = int(rng.integers(min_shapes, max_shapes + 1))
         classes = [int(c) for c in rng.integers(0, len(SHAPE_CLASSES), size=num_shapes)]
-        full_masks = [_shape_mask(rng, c, size) for c in classes]
+        full_masks = [_shape_mask(rng, c, size, style) for c in classes]
         colours = [_shape_colour(rng, background_colours) for _ in classes]
         kept = list(range(num_shapes))
         while True:
@@ -185,8 +236,9 @@ def make_synthetic_coco(
     num_val: int = 50,
     size: int = 128,
     seed: int = 0,
-    min_shapes: int = 1,
-    max_shapes: int = 4,
+    min_shapes: int | None = None,
+    max_shapes: int | None = None,
+    difficulty: str = "default",
 ) -> dict:
     """Write the synthetic dataset as two COCO splits.
 
@@ -205,6 +257,8 @@ def make_synthetic_coco(
         seed (int): non-negative; same seed -> byte-identical output.
         min_shapes (int): see :func:`render_synthetic_image`.
         max_shapes (int): see :func:`render_synthetic_image`.
+        difficulty (str): ``default`` or ``hard`` (:data:`DIFFICULTIES`); recorded in the json's ``info``
+            when not the default.
 
     Returns:
         dict: ``{"root": Path, "categories": [...], "train": split, "val": split}`` where
@@ -213,6 +267,7 @@ def make_synthetic_coco(
     """
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    _difficulty(difficulty)
     root = Path(out_dir)
     categories = synthetic_categories()
     coco_categories = [{"id": c.id, "name": c.name, "supercategory": c.supercategory} for c in categories.categories]
@@ -223,7 +278,9 @@ def make_synthetic_coco(
         images, annotations = [], []
         for index in range(num_images):
             rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(split_index, index)))
-            image, instances = render_synthetic_image(rng, size=size, min_shapes=min_shapes, max_shapes=max_shapes)
+            image, instances = render_synthetic_image(
+                rng, size=size, min_shapes=min_shapes, max_shapes=max_shapes, difficulty=difficulty
+            )
             image_id = index + 1
             file_name = f"{image_id:06d}.png"
             Image.fromarray(image).save(image_dir / file_name, format="PNG")
@@ -253,6 +310,7 @@ def make_synthetic_coco(
                 "seed": seed,
                 "split": split,
                 "size": size,
+                **({"difficulty": difficulty} if difficulty != "default" else {}),
             },
             "licenses": [
                 {

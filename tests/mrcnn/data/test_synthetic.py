@@ -113,3 +113,49 @@ def test_speed_default_size(tmp_path):
     assert summary["train"]["num_images"] == 200 and summary["val"]["num_images"] == 50
     assert elapsed < 10.0, f"250 images took {elapsed:.1f}s"
     assert Image.open(summary["train"]["image_dir"] / "000001.png").size == (128, 128)
+
+
+def _content_digest(root) -> str:
+    """sha256 over the decoded pixels of every image and the bytes of every json (PNG encoder-independent)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.suffix == ".png":
+            digest.update(np.asarray(Image.open(path)).tobytes())
+        elif path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_default_difficulty_output_is_unchanged(tmp_path):
+    # Recorded before the `difficulty` option existed: the default set (the demo's) must stay the same.
+    make_synthetic_coco(tmp_path, num_train=6, num_val=3, size=96, seed=7)
+    assert _content_digest(tmp_path) == "f39293ad64d2cb74c34e97712ac94292f93f40e5d027d3bae78942c5def90360"
+
+
+def test_hard_difficulty_is_smaller_thinner_and_more_crowded(tmp_path):
+    default = make_synthetic_coco(tmp_path / "default", num_train=0, num_val=60, size=128, seed=0)
+    hard = make_synthetic_coco(tmp_path / "hard", num_train=0, num_val=60, size=128, seed=0, difficulty="hard")
+    coco = {name: json.loads(info["val"]["annotations"].read_text()) for name, info in (("default", default), ("hard", hard))}
+    assert coco["hard"]["info"]["difficulty"] == "hard" and "difficulty" not in coco["default"]["info"]
+    assert [c["name"] for c in coco["hard"]["categories"]] == list(SHAPE_CLASSES)  # same classes, same model
+    sides = {name: np.median([max(a["bbox"][2:]) for a in c["annotations"]]) for name, c in coco.items()}
+    assert sides["hard"] < 0.7 * sides["default"], sides
+    assert all(max(a["bbox"][2:]) <= 0.31 * 128 + 1 for a in coco["hard"]["annotations"])
+    per_image = np.bincount([a["image_id"] for a in coco["hard"]["annotations"]], minlength=61)[1:]
+    assert per_image.min() >= 2 and per_image.mean() > len(coco["default"]["annotations"]) / 60
+
+    def ring_fill(annotations):  # mask area / box area of rings: lower = thinner band
+        return np.median([a["area"] / (a["bbox"][2] * a["bbox"][3]) for a in annotations if a["category_id"] == 5])
+
+    assert ring_fill(coco["hard"]["annotations"]) < ring_fill(coco["default"]["annotations"]) - 0.05
+    result = load_coco(hard["val"]["annotations"], check_decode=True)
+    assert result.rejects == [] and result.num_annotations == len(coco["hard"]["annotations"])
+
+
+def test_unknown_difficulty_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match=r"difficulty: expected one of \['default', 'hard'\], got 'extreme'"):
+        make_synthetic_coco(tmp_path, num_train=1, num_val=1, difficulty="extreme")
+    with pytest.raises(ValueError, match="difficulty"):
+        render_synthetic_image(np.random.default_rng(0), size=64, difficulty="easy")

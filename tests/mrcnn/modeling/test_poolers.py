@@ -180,3 +180,22 @@ def test_multi_image_order_is_preserved():
     single = [pooler({k: v[b : b + 1] for k, v in features.items()}, [bx], [(256, 256)]) for b, bx in enumerate(boxes)]
     torch.testing.assert_close(pooled, torch.cat(single))
     assert not torch.equal(pooled[0], pooled[1])  # same box, different image
+
+
+@pytest.mark.parametrize("scale_image_shape", [(1.0, (8, 10)), (0.25, (32, 40))])
+def test_roi_pool_is_blind_to_sub_cell_shifts_that_roi_align_sees(feature_map, scale_image_shape):
+    """The misalignment the paper's RoIAlign removes: two fractional RoIs that round to the same feature cells
+    get the same RoIPool features, while RoIAlign samples where each RoI really is (P2 of FPN: scale 1/4)."""
+    scale, image_shape = scale_image_shape
+    roi = tuple(v / scale for v in FRACTIONAL_ROI)  # (1.3, 0.7, 5.9, 4.2) feature cells
+    shifted = tuple(v + 0.15 / scale for v in roi)  # still rounds to (1, 1, 6, 4)
+    pool = MultiScaleRoIPooler(featmap_names=["0"], output_size=3, mode="roi_pool")
+    align = MultiScaleRoIPooler(featmap_names=["0"], output_size=3, mode="roi_align", aligned=True)
+    pooled = [_pool_single_level(pool, feature_map, r, image_shape) for r in (roi, shifted)]
+    aligned = [_pool_single_level(align, feature_map, r, image_shape) for r in (roi, shifted)]
+    assert torch.equal(pooled[0], pooled[1])
+    assert not torch.allclose(aligned[0], aligned[1])
+    for r, out in zip((roi, shifted), aligned):
+        expected = roi_align_reference(feature_map[0].numpy(), r, output_size=3, scale=scale, aligned=True)
+        np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-12)
+    assert not torch.allclose(pooled[0], aligned[0])  # and the two layers differ on a fractional RoI

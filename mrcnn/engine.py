@@ -186,7 +186,11 @@ def evaluate_model(
     categories: CategoryMap,
     *,
     device: str | torch.device = "cpu",
+    iou_types: Sequence[str] = ("bbox", "segm"),
 ) -> dict[str, dict[str, Any]]:
-    """Predict every image of ``batches`` and evaluate against ``gt`` (COCO json path, dict or COCO)."""
+    """Predict every image of ``batches`` and evaluate against ``gt`` (COCO json path, dict or COCO).
+
+    ``iou_types``: ``("bbox",)`` for a model without a mask branch (Faster R-CNN).
+    """
     results = predict_coco_results(model, batches, categories, device=device)
-    return evaluate_coco(gt, results)
+    return evaluate_coco(gt, results, iou_types=iou_types)

@@ -42,6 +42,7 @@ RUN_KEY_TAG = "mrcnn.run_key"
 SEGM_AP_TAG = "segm_AP"
 BEST_ALIAS = "best"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # how MLflow nests a child run under its parent
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -203,6 +204,7 @@ class Tracker:
         run_id: str | None = None,
         tags: Mapping[str, Any] | None = None,
         run_key: str | None = None,
+        parent_run_id: str | None = None,
     ) -> Tracker:
         """Create or resume the MLflow run of a training run.
 
@@ -215,9 +217,12 @@ class Tracker:
             tags: run tags (set on create and on resume).
             run_key: what identifies the training run across restarts (tag ``mrcnn.run_key``);
                 default ``run_name``. A run with this key is resumed instead of creating a duplicate.
+            parent_run_id: nest this run under that run (tag ``mlflow.parentRunId``), as the child
+                runs of ``mrcnn ablate`` are under its parent run.
 
         Raises:
-            ValueError: ``run_id`` is given but no such run exists, or the run key cannot be searched.
+            ValueError: ``run_id`` or ``parent_run_id`` is given but no such run exists, or the run key
+                cannot be searched.
         """
         if not experiment:
             raise ValueError("experiment: expected a non-empty name")
@@ -239,6 +244,14 @@ class Tracker:
             existing = _find_run_by_key(client, experiment_id, run_key)
 
         run_tags = {RUN_KEY_TAG: run_key} if run_key else {}
+        if parent_run_id:
+            try:
+                client.get_run(parent_run_id)
+            except Exception as exc:
+                if _is_not_found(exc):
+                    raise ValueError(f"parent run {parent_run_id!r}: no such run in {tracking_uri}") from None
+                raise
+            run_tags[PARENT_RUN_TAG] = parent_run_id
         run_tags.update({k: str(v) for k, v in (tags or {}).items()})
         run_tags = {sanitize_key(k): v for k, v in run_tags.items()}
         if existing is not None:
@@ -252,6 +265,22 @@ class Tracker:
                        experiment_id=existing.info.experiment_id, resumed=True)  # fmt: skip
         run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
         return cls(client, tracking_uri=tracking_uri, run_id=run.info.run_id, experiment_id=experiment_id, resumed=False)
+
+    @classmethod
+    def attach(cls, tracking_uri: str, run_id: str) -> Tracker:
+        """A Tracker on an existing run, leaving its status as it is (to tag or end a run another process made).
+
+        Raises:
+            ValueError: no such run.
+        """
+        client = _client(tracking_uri)
+        try:
+            run = client.get_run(run_id)
+        except Exception as exc:
+            if _is_not_found(exc):
+                raise ValueError(f"run {run_id!r}: no such run in {tracking_uri}") from None
+            raise
+        return cls(client, tracking_uri=tracking_uri, run_id=run_id, experiment_id=run.info.experiment_id, resumed=True)
 
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run ended: ``FINISHED``, ``FAILED`` or ``KILLED``."""
@@ -442,6 +471,29 @@ def _find_run_by_key(client: MlflowClient, experiment_id: str, run_key: str):
             stacklevel=3,
         )
     return runs[0] if runs else None
+
+
+def child_runs(tracking_uri: str, parent_run_id: str, *, run_name: str | None = None) -> list[dict[str, Any]]:
+    """The runs nested under ``parent_run_id`` (tag ``mlflow.parentRunId``), oldest first.
+
+    Returns:
+        one ``{"run_id", "run_name", "status", "params", "metrics", "tags"}`` per child run (``run_name``:
+        only the children with that name).
+    """
+    client = _client(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{PARENT_RUN_TAG}` = {_filter_literal(parent_run_id)}",
+        order_by=["attributes.start_time ASC"],
+        max_results=1000,
+    )
+    return [
+        {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status, "params": dict(r.data.params),
+         "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)}
+        for r in runs
+        if run_name is None or r.info.run_name == run_name
+    ]  # fmt: skip
 
 
 def _set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:

@@ -42,6 +42,9 @@ class TrainRunConfig:
         resource; an autoscaling cluster starts such nodes), e.g. ``H200`` or ``A10G``.
     backbone_weights: an ImageNet ResNet state dict (torchvision's ``resnet50-*.pth``; path or s3:// URI)
         loaded into ``backbone.body`` before the first step, as the paper's training starts.
+    model_name: the registered model that the best checkpoint (by segm AP) becomes a version of; empty:
+        register nothing (the checkpoints stay in ``storage_path``).
+    parent_run_id: nest this run's MLflow run under that run (``mrcnn ablate``'s variants are child runs).
     debug_dump_dir: a test hook: each rank records which image ids it trained on, per epoch
         (``images_rank{R}.jsonl``), its node, and (``debug_dump_params``) its parameters after every step.
     """
@@ -68,6 +71,7 @@ class TrainRunConfig:
     tracking_uri: str = ""
     experiment: str = "mrcnn"
     model_name: str = "mrcnn"
+    parent_run_id: str = ""
     seed: int = 0
     num_val_overlays: int = 4
     placement_strategy: str = "PACK"
@@ -236,7 +240,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0 and run.tracking_uri:
         from pipelines.tracking import Tracker
 
-        tracker = Tracker.start(run.tracking_uri, run.experiment, run.name, run_id=state["mlflow_run_id"], run_key=run_key(run))
+        tracker = Tracker.start(run.tracking_uri, run.experiment, run.name, run_id=state["mlflow_run_id"], run_key=run_key(run),
+                                parent_run_id=run.parent_run_id or None)
         state["mlflow_run_id"] = tracker.run_id
         if resumed is None:
             from mrcnn.config import flatten
@@ -261,7 +266,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         module = model.module if hasattr(model, "module") else model
         images, targets, gt = val
         loader = [(images[i : i + 8], targets[i : i + 8]) for i in range(0, len(images), 8)]
-        metrics = evaluate_model(module, loader, gt, categories, device=device)
+        iou_types = ("bbox", "segm") if cfg.model.mask_head.enabled else ("bbox",)  # mask branch off: Faster R-CNN
+        metrics = evaluate_model(module, loader, gt, categories, device=device, iou_types=iou_types)
         module.train()
         return metrics
 
@@ -277,9 +283,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         segm_ap = None
         if eval_now:
             eval_metrics = evaluate()
-            segm_ap = eval_metrics["segm"]["AP"]
-            metrics.update({f"segm_{k}": v for k, v in eval_metrics["segm"].items() if k != "per_category"})
-            metrics.update({f"bbox_{k}": v for k, v in eval_metrics["bbox"].items() if k != "per_category"})
+            segm_ap = eval_metrics["segm"]["AP"] if "segm" in eval_metrics else None
+            for iou_type, stats in eval_metrics.items():
+                metrics.update({f"{iou_type}_{k}": v for k, v in stats.items() if k != "per_category"})
             if tracker is not None:
                 tracker.log_eval(eval_metrics, step=state["iteration"])
         with tempfile.TemporaryDirectory() as tmp:
@@ -297,7 +303,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                         "loop_state": json.dumps({k: v for k, v in state.items() if k != "attempt"} | {"attempt": state["attempt"]}),
                     },
                 )
-                if tracker is not None and segm_ap is not None and segm_ap > state["best_segm_ap"]:
+                if tracker is not None and run.model_name and segm_ap is not None and segm_ap > state["best_segm_ap"]:
                     state["best_segm_ap"] = segm_ap
                     from pipelines.tracking import register_checkpoint
 

@@ -17,8 +17,10 @@ from mrcnn.checkpoint import load_checkpoint, save_checkpoint
 from mrcnn.config import Config, flatten, get_preset
 from pipelines.tracking import (
     GIT_COMMIT_TAG,
+    PARENT_RUN_TAG,
     RUN_KEY_TAG,
     Tracker,
+    child_runs,
     default_tracking_uri,
     describe_model,
     register_checkpoint,
@@ -205,6 +207,30 @@ def test_resume_continues_the_same_run(tracking_uri):
     other.end()
     with pytest.raises(ValueError, match="no such run"):
         Tracker.start(tracking_uri, "tracking-test", "x", run_id="0123456789abcdef0123456789abcdef")
+
+
+def test_child_runs_nest_under_their_parent_and_attach_keeps_the_status(tracking_uri):
+    parent = Tracker.start(tracking_uri, "nesting-test", "ablate", run_key="ablate-1")
+    children = [Tracker.start(tracking_uri, "nesting-test", f"variant-{i}", parent_run_id=parent.run_id) for i in range(2)]
+    Tracker.start(tracking_uri, "nesting-test", "unrelated").end()
+    children[0].end()
+
+    found = child_runs(tracking_uri, parent.run_id)
+    assert [c["run_id"] for c in found] == [c.run_id for c in children]
+    assert [c["status"] for c in found] == ["FINISHED", "RUNNING"]
+    assert all(c["tags"][PARENT_RUN_TAG] == parent.run_id for c in found)
+    assert [c["run_id"] for c in child_runs(tracking_uri, parent.run_id, run_name="variant-1")] == [children[1].run_id]
+
+    attached = Tracker.attach(tracking_uri, children[1].run_id)
+    attached.set_tags({"why": "worker died"})
+    assert _client(tracking_uri).get_run(children[1].run_id).info.status == "RUNNING"  # attaching changes nothing
+    attached.end("FAILED")
+    assert _client(tracking_uri).get_run(children[1].run_id).info.status == "FAILED"
+    parent.end()
+    with pytest.raises(ValueError, match="parent run 'f+': no such run"):
+        Tracker.start(tracking_uri, "nesting-test", "orphan", parent_run_id="f" * 32)
+    with pytest.raises(ValueError, match="no such run"):
+        Tracker.attach(tracking_uri, "0" * 32)
 
 
 def test_registry_best_alias_follows_the_highest_segm_ap(server, checkpoints, tmp_path):

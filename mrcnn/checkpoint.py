@@ -7,7 +7,9 @@ A checkpoint file is a plain ``torch.save`` of::
      "model": state_dict, "metadata": {...}, "training_state": {...} | None}
 
 Only tensors and builtins are stored, so ``torch.load(weights_only=True)`` reads it. The loader also
-accepts a bare torchvision ``maskrcnn_resnet50_fpn`` / ``_v2`` state dict (``torch.save(model.state_dict())``).
+accepts a bare torchvision ``maskrcnn_resnet50_fpn`` / ``_v2`` or ``keypointrcnn_resnet50_fpn`` state dict
+(``torch.save(model.state_dict())``). A keypoint model's task is in its config, its keypoint names,
+skeleton and OKS sigmas in its category map.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def save_checkpoint(
         raise CheckpointError(
             f"config has {config.model.num_classes} classes but the category map has {categories.num_classes}"
         )
+    _check_keypoints(config, categories, str(path))
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -96,6 +99,15 @@ def save_checkpoint(
     torch.save(payload, tmp)
     os.replace(tmp, path)
     return path
+
+
+def _check_keypoints(config: Config, categories: CategoryMap, where: str) -> None:
+    """A keypoint model's K must be its categories' K (their names, skeleton and sigmas travel with it)."""
+    if config.model.has_keypoints and config.model.keypoint_head.num_keypoints != categories.num_keypoints:
+        raise CheckpointError(
+            f"checkpoint {where}: the keypoint head predicts {config.model.keypoint_head.num_keypoints} keypoints "
+            f"but the category map names {categories.num_keypoints}"
+        )
 
 
 def _read(path: Path, map_location: str | torch.device) -> Any:
@@ -116,8 +128,26 @@ def torchvision_coco_categories() -> CategoryMap:
     return CategoryMap(categories=tuple(Category(id=i, name=n) for i, n in enumerate(names) if i > 0))
 
 
+KEYPOINT_PREDICTOR_KEY = "roi_heads.keypoint_predictor.kps_score_lowres.weight"
+
+
+def torchvision_keypoint_categories(num_classes: int, num_keypoints: int) -> CategoryMap:
+    """The label space of a bare torchvision keypoint R-CNN state dict: COCO's person (id 1) with its 17
+    keypoints and skeleton for the usual 1 class x 17 keypoints, else ``class_i`` with ``keypoint_k`` names."""
+    from mrcnn.data.keypoints import COCO_PERSON_KEYPOINTS, COCO_PERSON_SKELETON
+
+    if num_classes == 1 and num_keypoints == len(COCO_PERSON_KEYPOINTS):
+        person = Category(id=1, name="person", supercategory="person", keypoints=COCO_PERSON_KEYPOINTS,
+                          skeleton=COCO_PERSON_SKELETON)  # fmt: skip
+        return CategoryMap(categories=(person,))
+    names = tuple(f"keypoint_{k}" for k in range(1, num_keypoints + 1))
+    return CategoryMap(categories=tuple(Category(id=i, name=f"class_{i}", keypoints=names) for i in range(1, num_classes + 1)))
+
+
 def detect_torchvision_arch(state: dict[str, torch.Tensor]) -> str:
-    """The preset whose layout a bare torchvision state dict has: r50_fpn, r50_fpn_v2 or r101_fpn."""
+    """The preset whose layout a bare torchvision state dict has: r50_fpn, r50_fpn_v2, r101_fpn or r50_fpn_keypoints."""
+    if KEYPOINT_PREDICTOR_KEY in state:
+        return "r50_fpn_keypoints"
     if "roi_heads.box_head.0.0.weight" in state:
         return "r50_fpn_v2"
     num_layer3_blocks = len({k.split(".")[3] for k in state if k.startswith("backbone.body.layer3.")})
@@ -159,6 +189,7 @@ def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, map_loc
             raise CheckpointError(
                 f"checkpoint {path}: config has {config.model.num_classes} classes, category map has {categories.num_classes}"
             )
+        _check_keypoints(config, categories, str(path))
         return Checkpoint(
             config=config,
             categories=categories,
@@ -179,11 +210,18 @@ def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, map_loc
         raise CheckpointError(f"checkpoint {path}: {exc}") from None
     num_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1
     config = config.replace(**{"model.num_classes": num_classes})
-    categories = (
-        torchvision_coco_categories()
-        if num_classes == 90
-        else CategoryMap.from_names([f"class_{i}" for i in range(1, num_classes + 1)])
-    )
+    if KEYPOINT_PREDICTOR_KEY in state:
+        num_keypoints = state[KEYPOINT_PREDICTOR_KEY].shape[1]  # ConvTranspose2d weight: [in, K, 4, 4]
+        config = config.replace(**{
+            "model.task": "keypoints",
+            "model.keypoint_head.num_keypoints": num_keypoints,
+            "model.mask_head.enabled": "roi_heads.mask_predictor.mask_fcn_logits.weight" in state,
+        })  # fmt: skip
+        categories = torchvision_keypoint_categories(num_classes, num_keypoints)
+    elif num_classes == 90:
+        categories = torchvision_coco_categories()
+    else:
+        categories = CategoryMap.from_names([f"class_{i}" for i in range(1, num_classes + 1)])
     return Checkpoint(
         config=config,
         categories=categories,

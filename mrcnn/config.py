@@ -18,6 +18,7 @@ BOX_HEADS = ("2fc", "4conv1fc")
 MASK_HEADS = ("fcn", "mlp")
 MASK_LOSSES = ("sigmoid", "softmax")
 OPTIMIZERS = ("sgd", "adamw")
+TASKS = ("instances", "keypoints")
 RESNET_DEPTHS = (18, 34, 50, 101)
 
 
@@ -170,8 +171,41 @@ class MaskHeadConfig:
 
 
 @dataclass(frozen=True)
+class KeypointHeadConfig:
+    """The keypoint branch (the paper's Section 5), used when ``model.task`` is ``keypoints``.
+
+    Each of the K keypoints is a one-hot m x m mask, trained with a softmax cross-entropy over the m^2
+    locations. The head is torchvision's: ``num_convs`` x (conv3x3-``conv_dim`` + ReLU) on
+    ``pooler_resolution`` RoI features, a 4x4 stride-2 deconv to K maps and a 2x bilinear upsampling, so a
+    14x14 pooler gives m = 56 (the paper's).
+
+    num_keypoints: K; ``mrcnn train`` sets it from the dataset's categories.
+    """
+
+    num_keypoints: int = 17
+    pooler_resolution: int = 14
+    num_convs: int = 8
+    conv_dim: int = 512
+
+    @property
+    def heatmap_size(self) -> int:
+        """Side m of the predicted heatmaps (56 for a 14x14 pooler)."""
+        return 4 * self.pooler_resolution
+
+    def validate(self) -> None:
+        if self.num_keypoints < 1:
+            raise ConfigError(f"keypoint_head.num_keypoints: expected >= 1, got {self.num_keypoints}")
+        if self.pooler_resolution < 1 or self.num_convs < 1 or self.conv_dim < 1:
+            raise ConfigError("keypoint_head: pooler_resolution, num_convs and conv_dim must be >= 1")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """The whole Mask R-CNN. ``num_classes`` counts object classes, without background."""
+    """The whole Mask R-CNN. ``num_classes`` counts object classes, without background.
+
+    task: ``instances`` (boxes + masks) or ``keypoints``, which adds the keypoint head (``keypoint_head``);
+        the mask head stays as ``mask_head.enabled`` says (the paper trains keypoints with and without it).
+    """
 
     num_classes: int = 80
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -179,11 +213,23 @@ class ModelConfig:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    task: str = "instances"
+    keypoint_head: KeypointHeadConfig = field(default_factory=KeypointHeadConfig)
+
+    @property
+    def has_keypoints(self) -> bool:
+        return self.task == "keypoints"
+
+    @property
+    def iou_types(self) -> tuple[str, ...]:
+        """The COCO evaluations of this model's detections: bbox, segm with a mask head, keypoints with a keypoint head."""
+        return ("bbox",) + (("segm",) if self.mask_head.enabled else ()) + (("keypoints",) if self.has_keypoints else ())
 
     def validate(self) -> None:
         if self.num_classes < 1:
             raise ConfigError(f"model.num_classes: expected >= 1, got {self.num_classes}")
-        for part in (self.backbone, self.input, self.rpn, self.box_head, self.mask_head):
+        _check_choice("model", "task", self.task, TASKS)
+        for part in (self.backbone, self.input, self.rpn, self.box_head, self.mask_head, self.keypoint_head):
             part.validate()
 
 
@@ -338,6 +384,20 @@ def _r50_fpn_v2() -> Config:
     )
 
 
+def _r50_fpn_keypoints() -> Config:
+    """torchvision's ``keypointrcnn_resnet50_fpn`` layout: person boxes + 17 COCO keypoints, no mask head,
+    trained at a random shorter side in 640..800 (the paper's keypoint training), tested at 800."""
+    return Config(
+        name="r50_fpn_keypoints",
+        model=ModelConfig(
+            num_classes=1,
+            input=InputConfig(min_size=(640, 672, 704, 736, 768, 800)),
+            mask_head=MaskHeadConfig(enabled=False),
+            task="keypoints",
+        ),
+    )
+
+
 def _r101_fpn() -> Config:
     return Config(name="r101_fpn", model=ModelConfig(num_classes=90, backbone=BackboneConfig(depth=101)))
 
@@ -363,6 +423,10 @@ def _r18_fpn_small() -> Config:
             # need no more, and it trains 1.5x faster on a CPU (benchmarks/RESULTS.md).
             box_head=BoxHeadConfig(batch_size_per_image=64, aligned=True),
             mask_head=MaskHeadConfig(conv_dim=128),
+            # Used with model.task=keypoints: a narrower, shallower keypoint head than the paper's 8 x 512, which
+            # counts ~1400 GFLOP per training step of 6 images against ~180 for the rest of this model (4 x 128:
+            # ~60); 5 keypoints as the synthetic houses.
+            keypoint_head=KeypointHeadConfig(num_keypoints=5, num_convs=4, conv_dim=128),
         ),
         solver=SolverConfig(
             optimizer="adamw",
@@ -384,6 +448,7 @@ PRESETS = {
     "r50_fpn_v2": _r50_fpn_v2,
     "r101_fpn": _r101_fpn,
     "r18_fpn_small": _r18_fpn_small,
+    "r50_fpn_keypoints": _r50_fpn_keypoints,
 }
 
 

@@ -1,9 +1,17 @@
-"""COCO evaluation of bbox and segm results with pycocotools' COCOeval.
+"""COCO evaluation of bbox, segm and keypoints results with pycocotools' COCOeval.
 
-Results are COCO results records: ``image_id``, ``category_id``, ``score``, ``bbox`` (XYWH) and, for
-segm, ``segmentation`` as compressed RLE. The 12 standard numbers are reported as percentages, exactly
+Results are COCO results records: ``image_id``, ``category_id``, ``score``, ``bbox`` (XYWH), for
+segm ``segmentation`` as compressed RLE, for keypoints ``keypoints`` ([x1, y1, v1, ..., xK, yK, vK]).
+The standard numbers (12 for bbox and segm, 10 for keypoints) are reported as percentages, exactly
 pycocotools' ``stats`` times 100 (a number pycocotools reports as -1, "no ground truth in that area
 range", stays -1).
+
+Keypoints are scored by OKS (object keypoint similarity) with one sigma per keypoint: COCO's 17 for its
+person keypoints, else the ground-truth category's ``keypoint_sigmas``, else
+``mrcnn.data.keypoints.DEFAULT_KEYPOINT_SIGMA`` for each (see :func:`keypoint_oks_sigmas`). The result
+records are given to pycocotools as they are (with their ``bbox``, as detectron2 does), so a detection's
+area, which decides its medium/large range, is its box's: the same numbers as pycocotools' COCOeval run
+directly on the same results file.
 """
 
 from __future__ import annotations
@@ -22,7 +30,37 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-IOU_TYPES = ("bbox", "segm")
+KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+IOU_TYPES = ("bbox", "segm")  # the default of evaluate_coco
+ALL_IOU_TYPES = ("bbox", "segm", "keypoints")
+
+
+def stat_names(iou_type: str) -> tuple[str, ...]:
+    """The names of pycocotools' ``stats`` for an IoU type: 12 for bbox and segm, 10 for keypoints."""
+    return KEYPOINT_STAT_NAMES if iou_type == "keypoints" else STAT_NAMES
+
+
+def keypoint_oks_sigmas(gt: COCO) -> np.ndarray:
+    """The OKS sigmas (float [K]) of the ground truth's keypoint categories (see the module docstring).
+
+    Raises:
+        ValueError: no category has ``keypoints``, or their K or sigmas differ.
+    """
+    from mrcnn.data.keypoints import default_keypoint_sigmas
+
+    found = []
+    for category in gt.dataset["categories"]:
+        names = category.get("keypoints") or []
+        if names:
+            sigmas = category.get("keypoint_sigmas") or default_keypoint_sigmas(names)
+            if len(sigmas) != len(names):
+                raise ValueError(f"ground truth category {category.get('id')}: {len(sigmas)} keypoint_sigmas for {len(names)} keypoints")
+            found.append((category.get("id"), tuple(float(v) for v in sigmas)))
+    if not found:
+        raise ValueError("ground truth: no category has 'keypoints', so keypoints cannot be evaluated")
+    if len({sigmas for _, sigmas in found}) > 1:
+        raise ValueError(f"ground truth: keypoint categories {[c for c, _ in found]} differ in K or OKS sigmas")
+    return np.asarray(found[0][1], dtype=np.float64)
 
 
 def load_coco_gt(gt: str | os.PathLike | dict | COCO) -> COCO:
@@ -75,8 +113,10 @@ def _per_category_ap(evaluator: COCOeval, gt: COCO) -> dict[str, float]:
 def _check_results(results: list[dict[str, Any]], gt: COCO, iou_type: str) -> None:
     image_ids = set(gt.getImgIds())
     category_ids = set(gt.getCatIds())
+    num_values = {c["id"]: 3 * len(c.get("keypoints") or []) for c in gt.dataset["categories"]}
+    field = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[iou_type]
     for index, record in enumerate(results):
-        needed = ("image_id", "category_id", "score", "bbox" if iou_type == "bbox" else "segmentation")
+        needed = ("image_id", "category_id", "score", field)
         missing = [k for k in needed if k not in record]
         if missing:
             raise ValueError(f"result {index}: missing {missing} (needed for {iou_type} evaluation)")
@@ -84,6 +124,11 @@ def _check_results(results: list[dict[str, Any]], gt: COCO, iou_type: str) -> No
             raise ValueError(f"result {index}: image_id {record['image_id']} is not in the ground truth")
         if record["category_id"] not in category_ids:
             raise ValueError(f"result {index}: category_id {record['category_id']} is not in the ground truth")
+        if iou_type == "keypoints" and len(record["keypoints"]) != num_values[record["category_id"]]:
+            raise ValueError(
+                f"result {index}: {len(record['keypoints'])} keypoint values, category {record['category_id']} "
+                f"needs {num_values[record['category_id']]} (3 per keypoint)"
+            )
 
 
 def evaluate_coco(
@@ -98,40 +143,47 @@ def evaluate_coco(
     Args:
         gt: ground-truth instances json (path, dict or COCO).
         results: COCO results records; ``segmentation`` counts may be str or bytes.
-        iou_types: any of ``bbox``, ``segm``.
+        iou_types: any of ``bbox``, ``segm``, ``keypoints`` (needs a ground truth with keypoint categories).
         image_ids: restrict evaluation to these images (default: all images of the ground truth).
 
     Returns:
-        ``{iou_type: {"AP": .., "AP50": .., ... 12 numbers in percent, "per_category": {name: AP}}}``.
+        ``{iou_type: {"AP": .., "AP50": .., ... (stat_names(iou_type), in percent), "per_category": {name: AP}}}``.
     """
     coco_gt = load_coco_gt(gt)
     results = list(results)
     metrics: dict[str, dict[str, Any]] = {}
     for iou_type in iou_types:
-        if iou_type not in IOU_TYPES:
-            raise ValueError(f"iou type: expected one of {IOU_TYPES}, got {iou_type!r}")
+        if iou_type not in ALL_IOU_TYPES:
+            raise ValueError(f"iou type: expected one of {ALL_IOU_TYPES}, got {iou_type!r}")
+        oks_sigmas = keypoint_oks_sigmas(coco_gt) if iou_type == "keypoints" else None
         _check_results(results, coco_gt, iou_type)
         # For segm, drop the boxes: pycocotools would otherwise take each detection's area from its box
         # (and so its small/medium/large range), as detectron2 and torchvision's references avoid too.
         records = [{k: v for k, v in r.items() if k != "bbox"} for r in results] if iou_type == "segm" else results
         coco_dt = _results_coco(coco_gt, records, iou_type)
         evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        if iou_type == "keypoints":
+            evaluator.params.kpt_oks_sigmas = oks_sigmas
         if image_ids is not None:
             evaluator.params.imgIds = sorted(set(image_ids))
         with contextlib.redirect_stdout(io.StringIO()):
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-        stats = {name: (float(v) * 100 if v > -1 else -1.0) for name, v in zip(STAT_NAMES, evaluator.stats)}
+        stats = {name: (float(v) * 100 if v > -1 else -1.0) for name, v in zip(stat_names(iou_type), evaluator.stats)}
         stats["per_category"] = _per_category_ap(evaluator, coco_gt)
         metrics[iou_type] = stats
     return metrics
 
 
 def format_metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
-    """A plain-text table: one row per IoU type, one column per standard number."""
-    header = f"{'':6}" + "".join(f"{name:>7}" for name in STAT_NAMES)
-    lines = [header]
+    """A plain-text table: one row per IoU type, one column per standard number (a new header where they change)."""
+    lines: list[str] = []
+    previous: tuple[str, ...] | None = None
     for iou_type, stats in metrics.items():
-        lines.append(f"{iou_type:6}" + "".join(f"{stats[name]:7.1f}" for name in STAT_NAMES))
+        names = stat_names(iou_type)
+        if names != previous:
+            lines.append(f"{'':9}" + "".join(f"{name:>7}" for name in names))
+            previous = names
+        lines.append(f"{iou_type:9}" + "".join(f"{stats[name]:7.1f}" for name in names))
     return "\n".join(lines)

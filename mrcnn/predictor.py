@@ -35,7 +35,8 @@ def detections_to_records(
 
     Args:
         detection: ``boxes`` [D, 4] XYXY, ``scores`` [D], ``labels`` [D], optional ``masks``: either
-            [D, 1, H, W] probabilities or [D, H, W] bool (already thresholded); all on the CPU.
+            [D, 1, H, W] probabilities or [D, H, W] bool (already thresholded), optional ``keypoints``
+            [D, K, 3] (x, y, v) and ``keypoints_scores`` [D, K]; all on the CPU.
         mask_threshold: probability at which a pixel belongs to the instance.
     """
     num = len(detection["scores"]) if max_detections is None else min(max_detections, len(detection["scores"]))
@@ -50,6 +51,11 @@ def detections_to_records(
         binary = binary.numpy()
         rles = masks_to_rles(binary)
         areas = binary.view(np.uint8).sum(axis=(1, 2), dtype=np.int64).astype(float).tolist()
+    keypoints: list[list[float] | None] = [None] * num
+    keypoint_scores: list[list[float] | None] = [None] * num
+    if "keypoints" in detection:
+        keypoints = detection["keypoints"][:num].reshape(num, -1).tolist()  # [D, 3K]
+        keypoint_scores = detection["keypoints_scores"][:num].tolist()
     return [
         detection_record(
             label=label,
@@ -59,8 +65,12 @@ def detections_to_records(
             box_xyxy=box,
             segmentation=rle,
             area=area,
+            keypoints=points,
+            keypoint_scores=point_scores,
         )
-        for label, score, box, rle, area in zip(labels, scores, boxes, rles, areas)
+        for label, score, box, rle, area, points, point_scores in zip(
+            labels, scores, boxes, rles, areas, keypoints, keypoint_scores
+        )
     ]
 
 

@@ -20,6 +20,9 @@ SHARD_COLUMNS: dict[str, str] = {
     "masks_rle": "list<string>",
     "iscrowd": "list<int8>",
     "area": "list<float32>",
+    # per instance [x1, y1, v1, ..., xK, yK, vK], absolute pixels; [] for an instance (or dataset) without
+    # keypoints. Shards written before this column existed read as having none.
+    "keypoints": "list<list<float32>>",
 }
 
 # One detected instance, as the predictor, batch segmentation and the endpoint return it.
@@ -32,6 +35,11 @@ DETECTION_FIELDS: tuple[str, ...] = (
     "bbox",  # [x, y, w, h], COCO convention
     "segmentation",  # {"size": [H, W], "counts": str}, COCO compressed RLE
     "area",  # float, mask pixel count
+)
+# Added to each detection record by a model with a keypoint head (``model.task: keypoints``).
+KEYPOINT_FIELDS: tuple[str, ...] = (
+    "keypoints",  # [x1, y1, v1, ..., xK, yK, vK], absolute pixels of the original image; v = 1 (predicted)
+    "keypoint_scores",  # [s1, ..., sK], each keypoint's heatmap logit (higher = more confident)
 )
 
 # One row per segmented image in batch segmentation's Parquet output (``mrcnn segment``). The
@@ -49,6 +57,8 @@ SEGMENT_COLUMNS: dict[str, str] = {
     "boxes": "list<list<float32>[4]>",  # XYXY, absolute pixels
     "masks_rle": "list<string>",  # compressed RLE counts (size = height, width)
     "area": "list<float32>",  # mask pixel count
+    "keypoints": "list<list<float32>>",  # per detection [x1, y1, v1, ...]; [] from a model without keypoints
+    "keypoint_scores": "list<list<float32>>",  # per detection [s1, ..., sK]; [] without keypoints
 }
 
 
@@ -61,10 +71,13 @@ def detection_record(
     box_xyxy: list[float],
     segmentation: dict[str, Any] | None,
     area: float,
+    keypoints: list[float] | None = None,
+    keypoint_scores: list[float] | None = None,
 ) -> dict[str, Any]:
-    """One detection as a json-ready dict with the fields of ``DETECTION_FIELDS``."""
+    """One detection as a json-ready dict with the fields of ``DETECTION_FIELDS``, plus those of
+    ``KEYPOINT_FIELDS`` when ``keypoints`` (flat [x1, y1, v1, ...]) are given."""
     x1, y1, x2, y2 = (float(v) for v in box_xyxy)
-    return {
+    record = {
         "label": int(label),
         "category_id": int(category_id),
         "category_name": category_name,
@@ -74,10 +87,15 @@ def detection_record(
         "segmentation": segmentation,
         "area": float(area),
     }
+    if keypoints is not None:
+        record["keypoints"] = [float(v) for v in keypoints]
+        record["keypoint_scores"] = [float(v) for v in (keypoint_scores or [])]
+    return record
 
 
 def coco_result(detection: dict[str, Any], *, image_id: int | None, file_name: str | None = None) -> dict[str, Any]:
-    """A detection as a COCO results-json record (``bbox`` XYWH, ``segmentation`` compressed RLE)."""
+    """A detection as a COCO results-json record (``bbox`` XYWH, ``segmentation`` compressed RLE, and for a
+    keypoint model ``keypoints`` [x1, y1, v1, ...] and ``keypoint_scores``)."""
     record: dict[str, Any] = {}
     if file_name is not None:
         record["file_name"] = file_name
@@ -90,4 +108,7 @@ def coco_result(detection: dict[str, Any], *, image_id: int | None, file_name: s
     )
     if detection.get("segmentation") is not None:
         record["segmentation"] = detection["segmentation"]
+    if detection.get("keypoints") is not None:
+        record["keypoints"] = [round(v, 2) for v in detection["keypoints"]]
+        record["keypoint_scores"] = [round(v, 4) for v in detection["keypoint_scores"]]
     return record

@@ -1,9 +1,9 @@
-"""Drawing detections: translucent masks, boxes and "name score" labels over the image."""
+"""Drawing detections: translucent masks, boxes, "name score" labels, and keypoints joined by their skeleton."""
 
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,14 +25,18 @@ def draw_detections(
     *,
     alpha: float = 0.5,
     draw_boxes: bool = True,
+    skeletons: Mapping[int, Sequence[Sequence[int]]] | None = None,
 ) -> np.ndarray:
     """Overlay detection records on an image.
 
     Args:
         image (np.ndarray[H, W, 3] uint8): RGB.
         detections: records with ``category_id``, ``category_name``, ``score``, ``box_xyxy`` and
-            ``segmentation`` (compressed RLE of size H x W, may be None).
+            ``segmentation`` (compressed RLE of size H x W, may be None), and optionally ``keypoints``
+            (flat [x1, y1, v1, ...], absolute pixels; a keypoint with v = 0 is not drawn).
         alpha: mask opacity.
+        skeletons: ``{category_id: [(a, b), ...]}``, 1-based keypoint pairs joined by a line
+            (``CategoryMap.skeletons``); without one, a category's keypoints are drawn as points only.
 
     Returns:
         np.ndarray[H, W, 3] uint8: a new image.
@@ -53,9 +57,30 @@ def draw_detections(
         x1, y1, x2, y2 = det["box_xyxy"]
         if draw_boxes:
             draw.rectangle([x1, y1, x2, y2], outline=color, width=2)
+        if det.get("keypoints"):
+            _draw_keypoints(draw, det["keypoints"], (skeletons or {}).get(det["category_id"], ()), color, canvas.shape[:2])
         text = f"{det['category_name']} {det['score']:.2f}"
         left, top, right, bottom = draw.textbbox((x1, y1), text)
         label_top = max(0.0, y1 - (bottom - top) - 2)
         draw.rectangle([x1, label_top, x1 + (right - left) + 4, label_top + (bottom - top) + 2], fill=color)
         draw.text((x1 + 2, label_top), text, fill=(0, 0, 0))
     return np.asarray(out)
+
+
+def _draw_keypoints(
+    draw: ImageDraw.ImageDraw,
+    keypoints: Sequence[float],
+    skeleton: Sequence[Sequence[int]],
+    color: tuple[int, int, int],
+    image_size: tuple[int, int],
+) -> None:
+    """Skeleton lines in the category's colour, then each labelled keypoint as a white dot ringed in black."""
+    points = [(keypoints[i], keypoints[i + 1], keypoints[i + 2]) for i in range(0, len(keypoints) - 2, 3)]
+    radius = max(2.0, min(image_size) / 160)
+    for a, b in skeleton:
+        if 1 <= a <= len(points) and 1 <= b <= len(points) and points[a - 1][2] > 0 and points[b - 1][2] > 0:
+            (xa, ya, _), (xb, yb, _) = points[a - 1], points[b - 1]
+            draw.line([(xa, ya), (xb, yb)], fill=color, width=max(1, round(radius * 0.75)))
+    for x, y, v in points:
+        if v > 0:
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(255, 255, 255), outline=(0, 0, 0))

@@ -49,7 +49,8 @@ def _write_json(path: str | os.PathLike, data: Any) -> None:
 def cmd_synth(args: argparse.Namespace) -> int:
     from mrcnn.data.synthetic import make_synthetic_coco
 
-    info = make_synthetic_coco(args.out_dir, num_train=args.train, num_val=args.val, size=args.size, seed=args.seed)
+    info = make_synthetic_coco(args.out_dir, num_train=args.train, num_val=args.val, size=args.size, seed=args.seed,
+                               difficulty=args.difficulty)  # fmt: skip
     for split in ("train", "val"):
         s = info[split]
         print(f"{split}: {s['num_images']} images, {s['num_annotations']} instances -> {s['annotations']}")
@@ -239,6 +240,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- ablate
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from pipelines.ablate import AblationConfig, parse_variants, run_ablation, seeds_from
+
+    if not args.steps_per_variant and not args.minutes_per_variant:
+        raise CLIError("ablate: --steps-per-variant and --minutes-per-variant must not both be 0")
+    config = AblationConfig(
+        out=args.out, data=args.data, variants=tuple(v.name for v in parse_variants(args.variants)),
+        steps_per_variant=args.steps_per_variant or 0,
+        minutes_per_variant=0.0 if args.steps_per_variant else args.minutes_per_variant,
+        seeds=seeds_from(args.seeds, args.seed), preset=args.preset, overrides=_parse_overrides(args.set or []),
+        workers=args.workers, use_gpu=args.gpu, batch_size=args.batch_size, num_train=args.train, num_val=args.val,
+        size=args.size, difficulty=args.difficulty, tracking_uri=args.tracking_uri or "", experiment=args.experiment,
+        max_failures=args.max_failures, storage_path=args.storage_path or "", backbone_weights=args.backbone_weights or "",
+        ray_address=args.address,
+    )  # fmt: skip
+    result = run_ablation(config)
+    print(result.paths["markdown"].read_text())
+    print(json.dumps({"table": str(result.paths["markdown"]), "json": str(result.paths["json"]),
+                      "plot": str(result.paths["plot"]), "parent_run_id": result.parent_run_id,
+                      "tracking_uri": result.tracking_uri, "failed": result.failed}))  # fmt: skip
+    if result.failed:
+        print(f"mrcnn: error: variant(s) failed: {', '.join(result.failed)} (see the table)", file=sys.stderr)
+        return 1
+    return 0
+
+
 # ---------------------------------------------------------------- preprocess
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from pipelines.preprocess import preprocess_coco, preprocess_dataset
@@ -386,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=int, default=50, help="validation images (default 50)")
     p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--difficulty", choices=["default", "hard"], default="default",
+                   help="hard: smaller shapes (5-30%% of the side), 2-6 per image, thin rings and stars (default: default)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("predict", help="segment images; write COCO results json (and overlays)")
@@ -448,6 +478,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "ablate", help="the paper's ablations: train each variant (Ray Train, MLflow child runs) and compare",
+        description="Train the baseline (RoIAlign, per-class sigmoid masks, FCN mask head, masks on) and one variant "
+        "per ablation (roi_pool, softmax, mlp, mask_off) with the same data, seed(s), schedule and number of steps; "
+        "evaluate each on the val split; write OUT/ablation.md, .json and .png, log them to the MLflow parent run of "
+        "the variants' child runs, and print the table. Exit code 1 if a variant failed (it is in the table as failed).",
+    )  # fmt: skip
+    p.add_argument("--data", default="synthetic",
+                   help="'synthetic' (default: written to OUT/data, see --difficulty), a shard folder from "
+                   "`mrcnn preprocess`, or a COCO dataset root (preprocessed to OUT/shards)")
+    p.add_argument("--out", default="mrcnn-ablate", help="table, json, plot, data, checkpoints and (by default) "
+                   "the MLflow store go here (default mrcnn-ablate/)")
+    p.add_argument("--minutes-per-variant", type=float, default=6.0, metavar="M",
+                   help="the first variant (the baseline) trains M minutes; its step count is every other variant's "
+                   "budget (default 6)")
+    p.add_argument("--steps-per-variant", type=int, metavar="N", help="give the budget in steps instead (overrides --minutes-per-variant)")
+    p.add_argument("--variants", default="all", help="comma-separated subset of baseline,roi_pool,softmax,mlp,mask_off (default all)")
+    p.add_argument("--seeds", type=int, default=1, metavar="K", help="train every variant with K seeds; the table shows mean ± std")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--batch-size", type=int, default=4, help="images per worker per step (default 4)")
+    p.add_argument("--preset", default="r18_fpn_small", help="model preset of every variant (default r18_fpn_small)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every variant")
+    p.add_argument("--train", type=int, default=400, help="synthetic training images (default 400)")
+    p.add_argument("--val", type=int, default=100, help="synthetic validation images (default 100)")
+    p.add_argument("--size", type=int, default=128, help="synthetic image side (default 128)")
+    p.add_argument("--difficulty", choices=["default", "hard"], default="hard", help="synthetic set (default hard: small, thin shapes)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or OUT/mlflow.db)")
+    p.add_argument("--experiment", default="mrcnn-ablate", help="MLflow experiment (default mrcnn-ablate)")
+    p.add_argument("--max-failures", type=int, default=1, help="worker failures a variant's training recovers from (default 1)")
+    p.add_argument("--storage-path", help="checkpoints (default OUT/ray_results; s3://... or NFS on a multi-node cluster)")
+    p.add_argument("--backbone-weights", metavar="FILE", help="ImageNet ResNet state dict every variant starts from (path or s3://)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("preprocess", help="COCO json + images -> validated Parquet shards (Ray Data)")
     p.add_argument("src", nargs="?", metavar="SRC", help="dataset root: SRC/<split>/annotations.json or COCO layout")

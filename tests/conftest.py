@@ -30,6 +30,22 @@ def small_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_keypoint_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised r18_fpn_small keypoint checkpoint (masks + keypoints) over the synthetic houses."""
+    import torch
+
+    from mrcnn.checkpoint import save_checkpoint
+    from mrcnn.config import get_preset
+    from mrcnn.data.synthetic_keypoints import synthetic_keypoint_categories
+    from mrcnn.modeling import build_model
+
+    torch.manual_seed(0)
+    cfg = get_preset("r18_fpn_small").replace(**{"model.task": "keypoints", "model.num_classes": 1})
+    path = tmp_path_factory.mktemp("ckpt") / "small_keypoints.ckpt"
+    return save_checkpoint(path, model=build_model(cfg), config=cfg, categories=synthetic_keypoint_categories())
+
+
+@pytest.fixture(scope="session")
 def synth_dataset(tmp_path_factory) -> Path:
     """A tiny synthetic dataset (8 train, 4 val images of 128 px)."""
     from mrcnn.data.synthetic import make_synthetic_coco

@@ -25,11 +25,49 @@ class Category:
         id (int): the dataset's (COCO) category id; any int, need not be contiguous.
         name (str): human name, e.g. ``"person"``.
         supercategory (str): COCO supercategory, ``""`` if none.
+        keypoints (tuple[str, ...]): names of the category's K keypoints (COCO keypoint json); empty if none.
+        skeleton (tuple[tuple[int, int], ...]): keypoint pairs joined when drawn, 1-based as in COCO.
+        keypoint_sigmas (tuple[float, ...]): OKS sigma per keypoint; empty = COCO's for its person
+            keypoints, else ``mrcnn.data.keypoints.DEFAULT_KEYPOINT_SIGMA`` (see :attr:`oks_sigmas`).
     """
 
     id: int
     name: str
     supercategory: str = ""
+    keypoints: tuple[str, ...] = ()
+    skeleton: tuple[tuple[int, int], ...] = ()
+    keypoint_sigmas: tuple[float, ...] = ()
+
+    @property
+    def oks_sigmas(self) -> tuple[float, ...]:
+        """The OKS sigma of each keypoint: the category's own, else the default for its keypoint names."""
+        from mrcnn.data.keypoints import default_keypoint_sigmas
+
+        return self.keypoint_sigmas or default_keypoint_sigmas(self.keypoints)
+
+    def check_keypoints(self) -> None:
+        """Raise ValueError (naming the category) on ill-formed keypoint names, skeleton or sigmas."""
+        where = f"category {self.id} ({self.name!r})"
+        K = len(self.keypoints)
+        if not all(isinstance(n, str) and n for n in self.keypoints) or len(set(self.keypoints)) != K:
+            raise ValueError(f"{where}: keypoints must be distinct non-empty names, got {list(self.keypoints)}")
+        for pair in self.skeleton:
+            if len(pair) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= K for i in pair):
+                raise ValueError(f"{where}: skeleton pair {list(pair)} must be two keypoint numbers in 1..{K} (1-based)")
+        if self.keypoint_sigmas and (
+            len(self.keypoint_sigmas) != K or not all(isinstance(v, float) and v > 0 for v in self.keypoint_sigmas)
+        ):
+            raise ValueError(f"{where}: keypoint_sigmas must be {K} positive numbers, got {list(self.keypoint_sigmas)}")
+
+    def to_dict(self) -> dict:
+        """COCO category fields; ``keypoints``, ``skeleton``, ``keypoint_sigmas`` only when the category has them."""
+        entry: dict = {"id": self.id, "name": self.name, "supercategory": self.supercategory}
+        if self.keypoints:
+            entry["keypoints"] = list(self.keypoints)
+            entry["skeleton"] = [list(pair) for pair in self.skeleton]
+        if self.keypoint_sigmas:
+            entry["keypoint_sigmas"] = list(self.keypoint_sigmas)
+        return entry
 
 
 @dataclass(frozen=True)
@@ -63,6 +101,30 @@ class CategoryMap:
             seen[category.id] = category.name
         object.__setattr__(self, "categories", ordered)
         object.__setattr__(self, "_label_by_id", {c.id: index + 1 for index, c in enumerate(ordered)})
+        for category in ordered:
+            category.check_keypoints()
+        counts = {len(c.keypoints) for c in ordered if c.keypoints}
+        if len(counts) > 1:
+            raise ValueError(
+                "categories with keypoints must all have the same number (one keypoint head predicts them), got "
+                + ", ".join(f"{c.name!r}: {len(c.keypoints)}" for c in ordered if c.keypoints)
+            )
+
+    @property
+    def keypoint_category(self) -> Category | None:
+        """The first category that has keypoints (all such categories have K of them), or None."""
+        return next((c for c in self.categories if c.keypoints), None)
+
+    @property
+    def num_keypoints(self) -> int:
+        """K, the keypoints per instance of a keypoint category; 0 when no category has keypoints."""
+        category = self.keypoint_category
+        return len(category.keypoints) if category else 0
+
+    @property
+    def skeletons(self) -> dict[int, tuple[tuple[int, int], ...]]:
+        """``{category id: skeleton}`` (1-based pairs) of the categories with keypoints."""
+        return {c.id: c.skeleton for c in self.categories if c.keypoints}
 
     @property
     def num_classes(self) -> int:
@@ -123,23 +185,23 @@ class CategoryMap:
         return self.categories[label - 1].name
 
     def to_list(self) -> list[dict]:
-        """``[{"id", "name", "supercategory", "label"}, ...]`` in label order (json-ready)."""
-        return [
-            {"id": c.id, "name": c.name, "supercategory": c.supercategory, "label": index + 1}
-            for index, c in enumerate(self.categories)
-        ]
+        """``[{"id", "name", "supercategory", "label"}, ...]`` in label order (json-ready); keypoint categories
+        also carry ``keypoints``, ``skeleton`` and, when set, ``keypoint_sigmas``."""
+        return [c.to_dict() | {"label": index + 1} for index, c in enumerate(self.categories)]
 
     @classmethod
     def from_list(cls, entries: Iterable[Mapping], *, source: str = "<list>") -> CategoryMap:
-        """Build from dicts with ``id`` and ``name`` (``supercategory``, ``label`` optional).
+        """Build from dicts with ``id`` and ``name`` (``supercategory``, ``label``, and COCO keypoint json's
+        ``keypoints`` and ``skeleton`` plus our ``keypoint_sigmas`` optional).
 
         Args:
             entries: COCO ``categories`` entries or the output of :meth:`to_list`.
             source (str): where the entries came from; used in error messages.
 
         Raises:
-            ValueError: missing/ill-typed fields, duplicate ids, or a ``label`` that disagrees
-                with the label this map assigns (a map saved by another convention).
+            ValueError: missing/ill-typed fields, duplicate ids, a ``label`` that disagrees
+                with the label this map assigns (a map saved by another convention), ill-formed
+                keypoint names, skeleton or sigmas, or keypoint categories with different K.
         """
         entries = list(entries)
         categories = []
@@ -152,7 +214,8 @@ class CategoryMap:
                     f"{source}: category entry {index} needs an int id and a str name, got {entry!r}"
                 )
             supercategory = str(entry.get("supercategory") or "")
-            categories.append(Category(id=category_id, name=name, supercategory=supercategory))
+            keypoint_fields = _keypoint_fields(entry, source=source, index=index)
+            categories.append(Category(id=category_id, name=name, supercategory=supercategory, **keypoint_fields))
         try:
             result = cls(categories=tuple(categories))
         except ValueError as exc:
@@ -201,3 +264,27 @@ class CategoryMap:
         if isinstance(data, list):
             return cls.from_list(data, source=str(path))
         return cls.from_coco(data, source=str(path))
+
+
+def _keypoint_fields(entry: Mapping, *, source: str, index: int) -> dict:
+    """``keypoints``, ``skeleton``, ``keypoint_sigmas`` of a category entry as Category fields (checked later)."""
+    fields: dict = {}
+    where = f"{source}: category entry {index} ({entry.get('name')!r})"
+    names = entry.get("keypoints") or []
+    skeleton = entry.get("skeleton") or []
+    sigmas = entry.get("keypoint_sigmas") or []
+    for key, value in (("keypoints", names), ("skeleton", skeleton), ("keypoint_sigmas", sigmas)):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: '{key}' must be a list, got {value!r:.100}")
+    if skeleton and not names:
+        raise ValueError(f"{where}: has a skeleton but no keypoints")
+    if not all(isinstance(pair, (list, tuple)) for pair in skeleton):
+        raise ValueError(f"{where}: 'skeleton' must be a list of [a, b] pairs, got {skeleton!r:.100}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sigmas):
+        raise ValueError(f"{where}: 'keypoint_sigmas' must be numbers, got {sigmas!r:.100}")
+    if names:
+        fields["keypoints"] = tuple(names)
+        fields["skeleton"] = tuple(tuple(pair) for pair in skeleton)
+    if sigmas:
+        fields["keypoint_sigmas"] = tuple(float(v) for v in sigmas)
+    return fields

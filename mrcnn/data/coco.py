@@ -16,7 +16,14 @@ Reason codes (``Reject.reason`` / ``RecordError.reason``):
 - annotation level: ``bad_annotation_record``, ``duplicate_annotation_id``,
   ``unknown_image_id``, ``unknown_category``, ``bad_box``, ``zero_area_box``,
   ``box_outside_image``, ``bad_segmentation``, ``polygon_too_few_points``,
-  ``rle_size_mismatch``, ``empty_mask``.
+  ``rle_size_mismatch``, ``empty_mask``, ``bad_keypoints``.
+
+COCO person-keypoint json (``person_keypoints_*.json``) is read by the same function: a
+category's ``keypoints`` (names) and ``skeleton`` go into the :class:`CategoryMap`, and each
+annotation of such a category gets its ``keypoints`` checked (3K numbers, v in {0, 1, 2},
+labelled points inside the image, ``num_keypoints`` = the labelled count; see
+:func:`mrcnn.data.keypoints.parse_keypoints`). An annotation without ``keypoints`` has none
+labelled.
 
 Annotations of a rejected image are dropped with it; the image's reject message says how
 many. Boxes are XYXY absolute pixels, clipped to the image. ``area`` is the mask's pixel
@@ -38,6 +45,7 @@ from pathlib import Path
 
 from mrcnn.data.categories import CategoryMap
 from mrcnn.data.images import ImageDecodeError, decode_image
+from mrcnn.data.keypoints import KeypointError, parse_keypoints
 from mrcnn.data.masks import (
     SegmentationError,
     rle_area,
@@ -69,6 +77,8 @@ class AnnotationRecord:
         rle (dict): ``{"size": [height, width], "counts": str}`` compressed RLE.
         iscrowd (int): 1 for a COCO crowd region, else 0.
         area (float): mask pixel count, > 0.
+        keypoints (tuple[float, ...]): ``(x1, y1, v1, ..., xK, yK, vK)`` absolute pixels for a category
+            with K keypoints (unlabelled ones are (0, 0, 0)); empty for a category without keypoints.
     """
 
     id: int
@@ -78,6 +88,7 @@ class AnnotationRecord:
     rle: dict
     iscrowd: int
     area: float
+    keypoints: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -218,7 +229,7 @@ def validate_annotation(
     Raises:
         RecordError: with ``reason`` one of ``bad_annotation_record``, ``unknown_category``,
             ``bad_box``, ``zero_area_box``, ``box_outside_image``, ``bad_segmentation``,
-            ``polygon_too_few_points``, ``rle_size_mismatch``, ``empty_mask``; the message
+            ``polygon_too_few_points``, ``rle_size_mismatch``, ``empty_mask``, ``bad_keypoints``; the message
             reads like "annotation 1234 in instances_val.json: polygon has 2 points, need at
             least 3".
     """
@@ -256,6 +267,21 @@ def validate_annotation(
         fail("empty_mask", "segmentation covers no pixels of the image")
     if box is None:
         box = tuple(rle_to_bbox_xyxy(rle))
+    keypoints: tuple[float, ...] = ()
+    category = categories.categories[label - 1]
+    values = ann.get("keypoints")
+    if category.keypoints:
+        num_keypoints = len(category.keypoints)
+        if values is None:
+            values = [0] * (3 * num_keypoints)
+        try:
+            keypoints = parse_keypoints(
+                values, num_keypoints=num_keypoints, height=height, width=width, count=ann.get("num_keypoints")
+            )
+        except KeypointError as exc:
+            fail("bad_keypoints", str(exc))
+    elif values:
+        fail("bad_keypoints", f"has keypoints but its category {category_id} ({category.name!r}) names none")
     return AnnotationRecord(
         id=ann_id,
         category_id=category_id,
@@ -264,6 +290,7 @@ def validate_annotation(
         rle=rle,
         iscrowd=int(iscrowd),
         area=area,
+        keypoints=keypoints,
     )
 
 

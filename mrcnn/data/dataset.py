@@ -9,6 +9,8 @@ calls it. Keys and types:
 - ``masks`` (Tensor[N, H, W] uint8): 0/1 instance masks at image resolution;
 - ``iscrowd`` (Tensor[N] uint8): 1 for crowd regions (only present with ``include_crowd``);
 - ``area`` (Tensor[N] float32): mask pixel count;
+- ``keypoints`` (Tensor[N, K, 3] float32): ``(x, y, v)`` per keypoint, absolute pixels, v in {0, 1, 2}
+  (0: not labelled); only for a dataset with K > 0 keypoints;
 - ``image_id`` (int): COCO image id, when known.
 """
 
@@ -74,6 +76,8 @@ def build_target_from_columns(
     width: int,
     include_crowd: bool = False,
     image_id: int | None = None,
+    keypoints: Sequence[Sequence[float]] | None = None,
+    num_keypoints: int | None = None,
 ) -> dict:
     """Build the training target dict of one image from per-instance columns.
 
@@ -92,15 +96,20 @@ def build_target_from_columns(
         include_crowd (bool): keep crowd regions (``iscrowd == 1``). Default False: training
             targets without crowd regions, as in torchvision's reference training.
         image_id (int | None): stored as ``target["image_id"]`` when given.
+        keypoints: N flat ``[x1, y1, v1, ..., xK, yK, vK]`` lists (absolute pixels); an empty list is an
+            instance without keypoints (all v = 0). None: no ``keypoints`` in the target.
+        num_keypoints (int | None): K (the dataset's, so that every image's tensor has the same K even
+            when none of its instances has keypoints); None: from the longest list.
 
     Returns:
         dict: ``boxes`` float32 [M, 4], ``labels`` int64 [M], ``masks`` uint8 [M, H, W],
-        ``iscrowd`` uint8 [M], ``area`` float32 [M] (+ ``image_id``), where M is N minus the
-        crowd regions unless ``include_crowd``. M may be 0.
+        ``iscrowd`` uint8 [M], ``area`` float32 [M] (+ ``image_id``; + ``keypoints`` float32
+        [M, K, 3] when K > 0), where M is N minus the crowd regions unless ``include_crowd``.
+        M may be 0.
 
     Raises:
-        ValueError: columns of different lengths, boxes not [N, 4], labels < 1, or an RLE
-            whose size is not ``[height, width]``.
+        ValueError: columns of different lengths, boxes not [N, 4], labels < 1, an RLE
+            whose size is not ``[height, width]``, or a keypoint list that is neither empty nor 3K long.
     """
     num_instances = len(masks_rle)
     box_array = (
@@ -136,6 +145,18 @@ def build_target_from_columns(
         "iscrowd": torch.from_numpy(crowd_array[keep]),
         "area": torch.from_numpy(area_array[keep]),
     }
+    if keypoints is not None:
+        if len(keypoints) != num_instances:
+            raise ValueError(f"target columns differ in length: keypoints {len(keypoints)}, masks_rle {num_instances}")
+        K = num_keypoints if num_keypoints is not None else max((len(k) for k in keypoints), default=0) // 3
+        if K > 0:
+            array = np.zeros((num_instances, K, 3), dtype=np.float32)
+            for index, values in enumerate(keypoints):
+                if len(values) == 3 * K:
+                    array[index] = np.asarray(values, dtype=np.float32).reshape(K, 3)
+                elif len(values):
+                    raise ValueError(f"instance {index}: expected 0 or 3 x {K} keypoint values, got {len(values)}")
+            target["keypoints"] = torch.from_numpy(array[keep])
     if image_id is not None:
         target["image_id"] = int(image_id)
     return target
@@ -148,12 +169,14 @@ def build_target(
     width: int,
     include_crowd: bool = False,
     image_id: int | None = None,
+    num_keypoints: int = 0,
 ) -> dict:
     """Build the training target dict from validated annotation records.
 
     Args:
         annotations (Sequence[AnnotationRecord]): one image's annotations (may be empty).
         height, width, include_crowd, image_id: see :func:`build_target_from_columns`.
+        num_keypoints (int): the dataset's K (``CategoryMap.num_keypoints``); 0: no ``keypoints`` in the target.
 
     Returns:
         dict: see :func:`build_target_from_columns`.
@@ -168,6 +191,8 @@ def build_target(
         width=width,
         include_crowd=include_crowd,
         image_id=image_id,
+        keypoints=[a.keypoints for a in annotations] if num_keypoints else None,
+        num_keypoints=num_keypoints or None,
     )
 
 
@@ -249,6 +274,7 @@ class CocoInstanceDataset(Dataset):
             width=record.width,
             include_crowd=self.include_crowd,
             image_id=record.image_id,
+            num_keypoints=self.result.categories.num_keypoints,
         )
         if self.transforms is not None:
             image, target = self.transforms(image, target)

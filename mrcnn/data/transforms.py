@@ -5,7 +5,7 @@ Every transform is called as ``image, target = t(image, target)`` with
 - ``image`` (Tensor[3, H, W] float): pixels, any value range;
 - ``target`` (dict | None): ``boxes`` (Tensor[N, 4] float32, XYXY absolute pixels),
   optional ``masks`` (Tensor[N, H, W] uint8 0/1), optional ``area`` (Tensor[N] float32,
-  pixels); every other key (``labels``, ``image_id``, ``iscrowd``, ...) passes through.
+  pixels), optional ``keypoints`` (Tensor[N, K, 3] float32, (x, y, v) absolute pixels); every other key (``labels``, ``image_id``, ``iscrowd``, ...) passes through.
   ``target=None`` (inference) transforms the image only. N may be 0.
 
 Randomness comes from ``torch``'s generator, so ``torch.manual_seed`` and DataLoader
@@ -113,6 +113,11 @@ class Resize:
                 target["masks"] = resized[:, 0].to(masks.dtype)  # [N, new_h, new_w]
         if "area" in target:
             target["area"] = target["area"] * (scale_x * scale_y)
+        if "keypoints" in target:
+            keypoints = target["keypoints"].clone()
+            keypoints[..., 0] *= scale_x
+            keypoints[..., 1] *= scale_y
+            target["keypoints"] = keypoints
         return image, target
 
     def __repr__(self) -> str:
@@ -120,19 +125,25 @@ class Resize:
 
 
 class RandomHorizontalFlip:
-    """Mirror image, boxes and masks left-right with probability ``p``.
+    """Mirror image, boxes, masks and keypoints left-right with probability ``p``.
 
     A box ``[x0, y0, x1, y1]`` becomes ``[W - x1, y0, W - x0, y1]``: boxes are pixel-edge
-    coordinates, so the flipped box is exactly the box of the flipped mask.
+    coordinates, so the flipped box is exactly the box of the flipped mask. A keypoint's x becomes
+    ``W - x`` and keypoints trade places by ``keypoint_flip_indices`` (a mirrored left eye is a
+    right eye); unlabelled keypoints (v = 0) stay (0, 0, 0).
 
     Args:
         p (float): flip probability in [0, 1].
+        keypoint_flip_indices (Sequence[int] | None): ``flipped[k] = keypoints[indices[k]]``, e.g.
+            :func:`mrcnn.data.keypoints.flip_indices` of the keypoint names. Required when targets
+            carry keypoints: without it, flipping would silently swap their meaning.
     """
 
-    def __init__(self, p: float = 0.5) -> None:
+    def __init__(self, p: float = 0.5, *, keypoint_flip_indices: Sequence[int] | None = None) -> None:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1], got {p}")
         self.p = p
+        self.keypoint_flip_indices = None if keypoint_flip_indices is None else list(keypoint_flip_indices)
 
     def __call__(self, image: Tensor, target: Target | None = None) -> tuple[Tensor, Target | None]:
         if torch.rand(()).item() >= self.p:
@@ -146,6 +157,18 @@ class RandomHorizontalFlip:
         target["boxes"] = torch.stack([W - boxes[:, 2], boxes[:, 1], W - boxes[:, 0], boxes[:, 3]], dim=1)
         if "masks" in target:
             target["masks"] = target["masks"].flip(-1)
+        if "keypoints" in target and target["keypoints"].shape[1] > 0:
+            keypoints = target["keypoints"]
+            K = keypoints.shape[1]
+            if self.keypoint_flip_indices is None or len(self.keypoint_flip_indices) != K:
+                raise ValueError(
+                    f"RandomHorizontalFlip: the target has {K} keypoints per instance; pass keypoint_flip_indices "
+                    f"with {K} entries (mrcnn.data.keypoints.flip_indices(names)), got {self.keypoint_flip_indices}"
+                )
+            keypoints = keypoints[:, self.keypoint_flip_indices].clone()
+            labelled = keypoints[..., 2] > 0
+            keypoints[..., 0] = torch.where(labelled, W - keypoints[..., 0], keypoints[..., 0])
+            target["keypoints"] = keypoints
         return image, target
 
     def __repr__(self) -> str:

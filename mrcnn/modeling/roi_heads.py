@@ -1,4 +1,4 @@
-"""RoI heads: the box/class branch and the parallel mask branch on pooled RoI features.
+"""RoI heads: the box/class branch and the parallel mask and keypoint branches on pooled RoI features.
 
 Reuses torchvision's proposal matching, sampling and detection post-processing, with our losses,
 poolers and mask variants. Losses are computed whenever targets are given, detections whenever the
@@ -15,6 +15,7 @@ from torchvision.models.detection.roi_heads import RoIHeads as TorchvisionRoIHea
 
 from mrcnn.config import ModelConfig
 from mrcnn.modeling.box_head import build_box_head, fast_rcnn_loss
+from mrcnn.modeling.keypoint_head import build_keypoint_head, keypoint_rcnn_loss, keypoints_from_heatmaps
 from mrcnn.modeling.mask_head import (
     build_mask_head,
     mask_rcnn_loss,
@@ -87,6 +88,24 @@ class RoIHeads(TorchvisionRoIHeads):
         mask_features = self.mask_roi_pool(features, boxes, image_shapes)
         return self.mask_predictor(self.mask_head(mask_features))
 
+    def _keypoint_logits(self, features, boxes, image_shapes) -> Tensor:
+        keypoint_features = self.keypoint_roi_pool(features, boxes, image_shapes)
+        return self.keypoint_predictor(self.keypoint_head(keypoint_features))
+
+    def _gt_keypoints(self, targets: list[dict[str, Tensor]]) -> list[Tensor]:
+        """Each target's ``keypoints`` [G, K, 3]; an image without instances may leave them out."""
+        K = self.keypoint_predictor.out_channels
+        gt_keypoints = []
+        for index, t in enumerate(targets):
+            keypoints = t.get("keypoints")
+            if keypoints is None and len(t["boxes"]) == 0:
+                keypoints = t["boxes"].new_zeros((0, K, 3))
+            if keypoints is None or keypoints.ndim != 3 or tuple(keypoints.shape[1:]) != (K, 3):
+                shape = None if keypoints is None else tuple(keypoints.shape)
+                raise ValueError(f"target {index}: keypoints must be a Tensor[{len(t['boxes'])}, {K}, 3] for this model, got {shape}")
+            gt_keypoints.append(keypoints)
+        return gt_keypoints
+
     def forward(
         self,
         features: dict[str, Tensor],
@@ -99,12 +118,15 @@ class RoIHeads(TorchvisionRoIHeads):
             features: FPN feature maps by name.
             proposals: per image, Tensor[P_i, 4] XYXY in resized pixels.
             image_shapes: per image, (height, width) after resizing.
-            targets: per image, ``boxes`` float [G, 4], ``labels`` int64 [G], ``masks`` uint8 [G, H, W].
+            targets: per image, ``boxes`` float [G, 4], ``labels`` int64 [G], ``masks`` uint8 [G, H, W],
+                and for a keypoint model ``keypoints`` float [G, K, 3] (x, y, v).
 
         Returns:
-            detections: in eval mode, per image ``boxes`` [D, 4], ``labels`` [D], ``scores`` [D], and
-                ``masks`` [D, 1, 28, 28] probabilities of the predicted class; empty list in train mode.
-            losses: ``loss_classifier``, ``loss_box_reg``, ``loss_mask`` when targets are given.
+            detections: in eval mode, per image ``boxes`` [D, 4], ``labels`` [D], ``scores`` [D],
+                ``masks`` [D, 1, 28, 28] probabilities of the predicted class (with a mask head), and
+                ``keypoints`` [D, K, 3] (x, y, 1) and ``keypoints_scores`` [D, K] heatmap logits (with a
+                keypoint head); empty list in train mode.
+            losses: ``loss_classifier``, ``loss_box_reg``, ``loss_mask``, ``loss_keypoint`` when targets are given.
         """
         losses: dict[str, Tensor] = {}
         if targets is not None:
@@ -125,6 +147,14 @@ class RoIHeads(TorchvisionRoIHeads):
                     positive_matched,
                     loss_type=self.mask_loss_type,
                 )
+            if self.has_keypoint():
+                positive = [torch.where(l > 0)[0] for l in labels]
+                positive_proposals = [p[i] for p, i in zip(sampled, positive)]
+                positive_matched = [m[i] for m, i in zip(matched_idxs, positive)]
+                keypoint_logits = self._keypoint_logits(features, positive_proposals, image_shapes)
+                losses["loss_keypoint"] = keypoint_rcnn_loss(
+                    keypoint_logits, positive_proposals, self._gt_keypoints(targets), positive_matched
+                )
 
         detections: list[dict[str, Tensor]] = []
         if not self.training:
@@ -136,6 +166,12 @@ class RoIHeads(TorchvisionRoIHeads):
                 mask_probs = predict_mask_probs(self.mask_predictor, mask_features, labels, loss_type=self.mask_loss_type)
                 for detection, probs in zip(detections, mask_probs):
                     detection["masks"] = probs
+            if self.has_keypoint():
+                keypoint_logits = self._keypoint_logits(features, boxes, image_shapes)
+                keypoints, keypoint_scores = keypoints_from_heatmaps(keypoint_logits, boxes)
+                for detection, points, point_scores in zip(detections, keypoints, keypoint_scores):
+                    detection["keypoints"] = points
+                    detection["keypoints_scores"] = point_scores
         return detections, losses
 
 
@@ -159,7 +195,7 @@ def _class_nms_top(boxes: Tensor, scores: Tensor, labels: Tensor, *, iou_thresho
 
 
 def build_roi_heads(cfg: ModelConfig, *, in_channels: int) -> RoIHeads:
-    box_cfg, mask_cfg = cfg.box_head, cfg.mask_head
+    box_cfg, mask_cfg, keypoint_cfg = cfg.box_head, cfg.mask_head, cfg.keypoint_head
     box_pooler = MultiScaleRoIPooler(
         featmap_names=FEATURE_NAMES,
         output_size=box_cfg.pooler_resolution,
@@ -178,6 +214,16 @@ def build_roi_heads(cfg: ModelConfig, *, in_channels: int) -> RoIHeads:
             aligned=box_cfg.aligned,
         )
         mask_head, mask_predictor = build_mask_head(mask_cfg, in_channels=in_channels, num_classes=cfg.num_classes)
+    keypoint_pooler = keypoint_head = keypoint_predictor = None
+    if cfg.has_keypoints:
+        keypoint_pooler = MultiScaleRoIPooler(
+            featmap_names=FEATURE_NAMES,
+            output_size=keypoint_cfg.pooler_resolution,
+            mode=box_cfg.pooler,
+            sampling_ratio=box_cfg.sampling_ratio,
+            aligned=box_cfg.aligned,
+        )
+        keypoint_head, keypoint_predictor = build_keypoint_head(keypoint_cfg, in_channels=in_channels)
     return RoIHeads(
         box_pooler,
         box_head,
@@ -193,5 +239,8 @@ def build_roi_heads(cfg: ModelConfig, *, in_channels: int) -> RoIHeads:
         mask_roi_pool=mask_pooler,
         mask_head=mask_head,
         mask_predictor=mask_predictor,
+        keypoint_roi_pool=keypoint_pooler,
+        keypoint_head=keypoint_head,
+        keypoint_predictor=keypoint_predictor,
         mask_loss_type=mask_cfg.loss,
     )

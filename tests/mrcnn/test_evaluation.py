@@ -195,7 +195,9 @@ def test_unknown_category_and_missing_fields_raise(results):
     with pytest.raises(ValueError, match=r"result 0: missing \['segmentation'\]"):
         evaluate_coco(GT_JSON, no_segm, iou_types=["segm"])
     with pytest.raises(ValueError, match="iou type"):
-        evaluate_coco(GT_JSON, results, iou_types=["keypoints"])
+        evaluate_coco(GT_JSON, results, iou_types=["caption"])
+    with pytest.raises(ValueError, match="no category has 'keypoints'"):  # an instances json has no keypoints
+        evaluate_coco(GT_JSON, [{**r, "keypoints": [0.0, 0.0, 1]} for r in results], iou_types=["keypoints"])
 
 
 def test_bad_ground_truth(tmp_path):

@@ -156,14 +156,19 @@ def evaluate_coco(
         if iou_type not in ALL_IOU_TYPES:
             raise ValueError(f"iou type: expected one of {ALL_IOU_TYPES}, got {iou_type!r}")
         oks_sigmas = keypoint_oks_sigmas(coco_gt) if iou_type == "keypoints" else None
-        _check_results(results, coco_gt, iou_type)
+        scored = results
+        if iou_type == "keypoints":  # keypoint AP is over the categories with keypoints (COCO: person only)
+            no_keypoints = {c["id"] for c in coco_gt.dataset["categories"] if not c.get("keypoints")}
+            scored = [r for r in results if r.get("category_id") not in no_keypoints]
+        _check_results(scored, coco_gt, iou_type)
         # For segm, drop the boxes: pycocotools would otherwise take each detection's area from its box
         # (and so its small/medium/large range), as detectron2 and torchvision's references avoid too.
-        records = [{k: v for k, v in r.items() if k != "bbox"} for r in results] if iou_type == "segm" else results
+        records = [{k: v for k, v in r.items() if k != "bbox"} for r in scored] if iou_type == "segm" else scored
         coco_dt = _results_coco(coco_gt, records, iou_type)
         evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         if iou_type == "keypoints":
             evaluator.params.kpt_oks_sigmas = oks_sigmas
+            evaluator.params.catIds = sorted(set(coco_gt.getCatIds()) - no_keypoints)
         if image_ids is not None:
             evaluator.params.imgIds = sorted(set(image_ids))
         with contextlib.redirect_stdout(io.StringIO()):

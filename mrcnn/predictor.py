@@ -54,7 +54,7 @@ def detections_to_records(
     keypoints: list[list[float] | None] = [None] * num
     keypoint_scores: list[list[float] | None] = [None] * num
     if "keypoints" in detection:
-        keypoints = detection["keypoints"][:num].reshape(num, -1).tolist()  # [D, 3K]
+        keypoints = detection["keypoints"][:num].flatten(start_dim=1).tolist()  # [D, 3K]
         keypoint_scores = detection["keypoints_scores"][:num].tolist()
     return [
         detection_record(

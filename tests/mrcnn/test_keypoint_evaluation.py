@@ -84,3 +84,29 @@ def test_a_categorys_own_sigmas_and_bad_results(tmp_path):
         evaluate_coco(gt, [{**results[0], "keypoints": results[0]["keypoints"][:12]}], iou_types=["keypoints"])
     with pytest.raises(ValueError, match=r"result 0: missing \['keypoints'\]"):
         evaluate_coco(gt, [{k: v for k, v in results[0].items() if k != "keypoints"}], iou_types=["keypoints"])
+
+
+def test_keypoint_ap_covers_only_the_categories_with_keypoints(tmp_path):
+    """A dataset with a keypoint category and one without (its instances have no keypoint fields): keypoint AP
+    is the keypoint category's, equal to pycocotools restricted to it; bbox AP still covers both."""
+    info = make_synthetic_keypoints_coco(tmp_path / "data", num_train=1, num_val=12, size=96, seed=6)
+    gt = json.loads(info["val"]["annotations"].read_text())
+    results = _noisy_results(gt, seed=3, sigma_px=2.0)
+    gt["categories"].append({"id": 2, "name": "tree", "supercategory": "shape"})
+    for ann in gt["annotations"][::3]:  # every third instance becomes a tree, without keypoint fields
+        ann["category_id"] = 2
+        del ann["keypoints"], ann["num_keypoints"]
+    trees = [{"image_id": a["image_id"], "category_id": 2, "bbox": a["bbox"], "score": 0.9} for a in gt["annotations"] if a["category_id"] == 2]
+    gt_path, results_path = tmp_path / "mixed.json", tmp_path / "mixed_results.json"
+    gt_path.write_text(json.dumps(gt))
+    results_path.write_text(json.dumps([r for r in results if "keypoints" in r]))
+
+    metrics = evaluate_coco(gt_path, results + trees, iou_types=["bbox", "keypoints"])
+    assert set(metrics["keypoints"]["per_category"]) == {"house"} and set(metrics["bbox"]["per_category"]) == {"house", "tree"}
+    coco = COCO(str(gt_path))
+    evaluator = COCOeval(coco, coco.loadRes(str(results_path)), iouType="keypoints")
+    evaluator.params.kpt_oks_sigmas, evaluator.params.catIds = np.asarray([DEFAULT_KEYPOINT_SIGMA] * 5), [1]
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    assert [metrics["keypoints"][n] for n in KEYPOINT_STAT_NAMES] == [float(v) * 100 if v > -1 else -1.0 for v in evaluator.stats]

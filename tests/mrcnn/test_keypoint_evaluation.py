@@ -1,4 +1,5 @@
-"""Keypoint COCO evaluation (OKS): our 10 numbers equal pycocotools' COCOeval run directly on the same files."""
+"""Keypoint COCO evaluation (OKS): our 10 numbers equal pycocotools' COCOeval run directly on the same files
+(exactly with the pycocotools backend; to float rounding with the default, faster-coco-eval when installed)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,15 @@ def _pycocotools(gt_path, results_path, sigmas=None) -> list[float]:
     return [float(v) * 100 if v > -1 else -1.0 for v in evaluator.stats]
 
 
+def _assert_equal_to_pycocotools(gt_path, results, expected: list[float], iou_types=("keypoints",)) -> dict:
+    """Our numbers for both backends against pycocotools' own; returns the default backend's metrics."""
+    exact = evaluate_coco(gt_path, results, iou_types=iou_types, backend="pycocotools")
+    assert [exact["keypoints"][name] for name in KEYPOINT_STAT_NAMES] == expected
+    metrics = evaluate_coco(gt_path, results, iou_types=iou_types)
+    assert [metrics["keypoints"][name] for name in KEYPOINT_STAT_NAMES] == pytest.approx(expected, rel=0, abs=1e-9)
+    return metrics
+
+
 def test_house_keypoints_equal_pycocotools_on_the_same_files(tmp_path):
     info = make_synthetic_keypoints_coco(tmp_path / "data", num_train=1, num_val=30, size=128, seed=5)
     gt_path = info["val"]["annotations"]
@@ -51,9 +61,8 @@ def test_house_keypoints_equal_pycocotools_on_the_same_files(tmp_path):
     results_path = tmp_path / "results.json"
     results_path.write_text(json.dumps(results))
 
-    metrics = evaluate_coco(gt_path, json.loads(results_path.read_text()), iou_types=["bbox", "keypoints"])
     expected = _pycocotools(gt_path, results_path, sigmas=[DEFAULT_KEYPOINT_SIGMA] * 5)
-    assert [metrics["keypoints"][name] for name in KEYPOINT_STAT_NAMES] == expected
+    metrics = _assert_equal_to_pycocotools(gt_path, json.loads(results_path.read_text()), expected, ("bbox", "keypoints"))
     assert 20.0 < metrics["keypoints"]["AP"] < 95.0  # a non-trivial result
     assert metrics["keypoints"]["per_category"] == {"house": pytest.approx(metrics["keypoints"]["AP"])}
     table = format_metrics_table(metrics).splitlines()
@@ -66,8 +75,8 @@ def test_person_keypoints_use_cocos_sigmas_and_equal_pycocotools_defaults(tmp_pa
     gt_path.write_text(json.dumps(gt))
     results_path.write_text(json.dumps(_noisy_results(gt, seed=1, sigma_px=6.0)))
     np.testing.assert_array_equal(keypoint_oks_sigmas(load_coco_gt(gt)), COCOeval(iouType="keypoints").params.kpt_oks_sigmas)
-    metrics = evaluate_coco(gt_path, json.loads(results_path.read_text()), iou_types=["keypoints"])
-    assert [metrics["keypoints"][name] for name in KEYPOINT_STAT_NAMES] == _pycocotools(gt_path, results_path)
+    expected = _pycocotools(gt_path, results_path)
+    metrics = _assert_equal_to_pycocotools(gt_path, json.loads(results_path.read_text()), expected)
     assert metrics["keypoints"]["AP"] > 5.0
 
 
@@ -101,12 +110,12 @@ def test_keypoint_ap_covers_only_the_categories_with_keypoints(tmp_path):
     gt_path.write_text(json.dumps(gt))
     results_path.write_text(json.dumps([r for r in results if "keypoints" in r]))
 
-    metrics = evaluate_coco(gt_path, results + trees, iou_types=["bbox", "keypoints"])
-    assert set(metrics["keypoints"]["per_category"]) == {"house"} and set(metrics["bbox"]["per_category"]) == {"house", "tree"}
     coco = COCO(str(gt_path))
     evaluator = COCOeval(coco, coco.loadRes(str(results_path)), iouType="keypoints")
     evaluator.params.kpt_oks_sigmas, evaluator.params.catIds = np.asarray([DEFAULT_KEYPOINT_SIGMA] * 5), [1]
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
-    assert [metrics["keypoints"][n] for n in KEYPOINT_STAT_NAMES] == [float(v) * 100 if v > -1 else -1.0 for v in evaluator.stats]
+    expected = [float(v) * 100 if v > -1 else -1.0 for v in evaluator.stats]
+    metrics = _assert_equal_to_pycocotools(gt_path, results + trees, expected, ("bbox", "keypoints"))
+    assert set(metrics["keypoints"]["per_category"]) == {"house"} and set(metrics["bbox"]["per_category"]) == {"house", "tree"}

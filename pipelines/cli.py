@@ -49,6 +49,17 @@ def _write_json(path: str | os.PathLike, data: Any) -> None:
 def cmd_synth(args: argparse.Namespace) -> int:
     from mrcnn.data.synthetic import make_synthetic_coco
 
+    if args.task == "keypoints":
+        from mrcnn.data.synthetic_keypoints import make_synthetic_keypoints_coco
+
+        if args.difficulty != "default":
+            raise CLIError("synth --task keypoints draws houses; --difficulty applies to the shapes set only")
+        info = make_synthetic_keypoints_coco(args.out_dir, num_train=args.train, num_val=args.val, size=args.size,
+                                             seed=args.seed)  # fmt: skip
+        for split in ("train", "val"):
+            s = info[split]
+            print(f"{split}: {s['num_images']} images, {s['num_annotations']} houses with 5 keypoints -> {s['annotations']}")
+        return 0
     info = make_synthetic_coco(args.out_dir, num_train=args.train, num_val=args.val, size=args.size, seed=args.seed,
                                difficulty=args.difficulty)  # fmt: skip
     for split in ("train", "val"):
@@ -92,7 +103,8 @@ def _predict_images(predictor, paths: list[Path], *, batch_size: int, image_ids:
                 results.append(coco_result(det, image_id=image_ids.get(path.name), file_name=path.name))
             if overlay_dir:
                 Path(overlay_dir).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(draw_detections(image, detections)).save(Path(overlay_dir) / f"{path.stem}.png")
+                drawn = draw_detections(image, detections, skeletons=predictor.categories.skeletons)
+                Image.fromarray(drawn).save(Path(overlay_dir) / f"{path.stem}.png")
             print(f"{path}: {len(detections)} instances", file=sys.stderr)
     return results, skipped
 
@@ -137,12 +149,19 @@ def _attach_image_ids(results: list[dict[str, Any]], gt, source: str) -> list[di
 
 
 def _print_metrics(metrics: dict[str, Any], as_json: bool) -> None:
-    from mrcnn.evaluation import STAT_NAMES, format_metrics_table
+    from mrcnn.evaluation import format_metrics_table, stat_names
 
     if as_json:
-        print(json.dumps({t: {k: m[k] for k in STAT_NAMES} | {"per_category": m["per_category"]} for t, m in metrics.items()}))
+        print(json.dumps({t: {k: m[k] for k in stat_names(t)} | {"per_category": m["per_category"]} for t, m in metrics.items()}))
     else:
         print(format_metrics_table(metrics))
+
+
+def _result_iou_types(results: list[dict[str, Any]]) -> tuple[str, ...]:
+    """bbox; segm unless no record has a mask (a model without a mask head); keypoints when records have them."""
+    has_segm = not results or any("segmentation" in r for r in results)
+    has_keypoints = any("keypoints" in r for r in results)
+    return ("bbox",) + (("segm",) if has_segm else ()) + (("keypoints",) if has_keypoints else ())
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -161,7 +180,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise CLIError(f"{path}: not valid json ({exc})") from None
         if not isinstance(results, list):
             raise CLIError(f"{path}: expected a COCO results list, got {type(results).__name__}")
-        metrics = evaluate_coco(gt, _attach_image_ids(results, gt, str(path)))
+        metrics = evaluate_coco(gt, _attach_image_ids(results, gt, str(path)), iou_types=_result_iou_types(results))
     else:
         if not (args.weights and (args.annotations or args.gt) and args.images):
             raise CLIError("eval needs either --gt and --predictions, or --weights, --annotations and --images")
@@ -179,7 +198,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
         for path, reason in skipped:
             print(f"mrcnn: warning: skipped {reason}", file=sys.stderr)
-        metrics = evaluate_coco(gt, results)
+        metrics = evaluate_coco(gt, results, iou_types=predictor.config.model.iou_types)
     _print_metrics(metrics, args.json)
     return 0
 
@@ -224,7 +243,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(run, ray_address=args.address)
     print(json.dumps({"iteration": result.iteration, "checkpoint": result.checkpoint_path,
                       "mlflow_run_id": result.mlflow_run_id, "tracking_uri": run.tracking_uri,
-                      **{k: v for k, v in result.metrics.items() if k.startswith(("segm_", "bbox_", "loss"))}}))
+                      **{k: v for k, v in result.metrics.items() if k.startswith(("segm_", "bbox_", "keypoints_", "loss"))}}))
     return 0
 
 
@@ -311,7 +330,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mrcnn.evaluation import STAT_NAMES, format_metrics_table
+    from mrcnn.evaluation import format_metrics_table, stat_names
     from pipelines.evaluate import evaluate
 
     summary = evaluate(
@@ -323,7 +342,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_metrics_table(summary.metrics))
     print(f"{summary.num_images} images ({summary.num_rejected} unreadable), {summary.num_detections} detections, "
           f"{summary.seconds:.0f} s -> {summary.out_dir}/metrics.json")  # fmt: skip
-    brief = summary.to_dict() | {"metrics": {t: {k: m[k] for k in STAT_NAMES} for t, m in summary.metrics.items()}}
+    brief = summary.to_dict() | {"metrics": {t: {k: m[k] for k in stat_names(t)} for t, m in summary.metrics.items()}}
     print(json.dumps(brief))
     return 0
 
@@ -416,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--difficulty", choices=["default", "hard"], default="default",
                    help="hard: smaller shapes (5-30%% of the side), 2-6 per image, thin rings and stars (default: default)")
+    p.add_argument("--task", choices=["instances", "keypoints"], default="instances",
+                   help="keypoints: houses whose 5 corners are keypoints, COCO person-keypoint format (default: instances)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("predict", help="segment images; write COCO results json (and overlays)")
@@ -430,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("eval", help="COCO bbox + segm evaluation of predictions or of a model")
+    p = sub.add_parser("eval", help="COCO bbox + segm (+ keypoints) evaluation of predictions or of a model")
     p.add_argument("--gt", help="ground-truth COCO instances json")
     p.add_argument("--predictions", help="COCO results json")
     p.add_argument("--weights", help="evaluate this model instead (needs --annotations and --images)")
@@ -465,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, help="worker failures to recover from")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--experiment")
-    p.add_argument("--model-name", help="registered model name (alias 'best' follows segm AP)")
+    p.add_argument("--model-name", help="registered model name (alias 'best' follows segm AP, or keypoint AP for a keypoint model)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.set_defaults(func=cmd_train)
 

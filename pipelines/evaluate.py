@@ -126,7 +126,8 @@ def evaluate(
     ray_address: str | None = None,
     overwrite: bool = False,
 ) -> EvaluationSummary:
-    """Predict every ground-truth image with ``model`` on the cluster, then COCO-evaluate bbox and segm.
+    """Predict every ground-truth image with ``model`` on the cluster, then COCO-evaluate bbox and segm (and
+    keypoints, OKS, for a keypoint model; the ground truth then needs COCO person-keypoint fields).
 
     Args:
         model: ``models:/NAME@best``, ``models:/NAME/3``, ``runs:/ID/path`` or a checkpoint file.
@@ -167,7 +168,8 @@ def evaluate(
     results, num_unlisted = _attach_ids(_read_json(summary.outputs["results"]), gt)
     if num_unlisted:
         print(f"[evaluate] {num_unlisted} images of {source} are not in the ground truth: left out", file=sys.stderr)
-    metrics = evaluate_coco(load_coco_gt(gt), results, image_ids=image_ids)
+    iou_types = checkpoint.config.model.iou_types  # bbox, + segm with masks, + keypoints for a keypoint model
+    metrics = evaluate_coco(load_coco_gt(gt), results, image_ids=image_ids, iou_types=iou_types)
     result = EvaluationSummary(
         model=str(model), ground_truth=described, out_dir=shown_out, score_threshold=score_threshold,
         num_images=len(image_ids), num_rejected=summary.num_rejects, num_detections=len(results),

@@ -340,6 +340,7 @@ def _input_table(records, shard: int) -> pa.Table:
         "masks_rle": pa.array([a.rle["counts"] for a in annotations], type=pa.string()),
         "iscrowd": pa.array(np.asarray([a.iscrowd for a in annotations], dtype=np.int8)),
         "area": pa.array(np.asarray([a.area for a in annotations], dtype=np.float32)),
+        "keypoints": pa.array([a.keypoints for a in annotations], type=pa.list_(pa.float32())),  # [] without
     }
     arrays = {
         "image_id": pa.array([r.image_id for r in records], type=pa.int64()),

@@ -281,6 +281,8 @@ def _detections_columns(records: list[dict[str, Any]]) -> dict[str, list]:
         "boxes": [d["box_xyxy"] for d in records],
         "masks_rle": [None if d["segmentation"] is None else d["segmentation"]["counts"] for d in records],
         "area": [d["area"] for d in records],
+        "keypoints": [d.get("keypoints") or [] for d in records],
+        "keypoint_scores": [d.get("keypoint_scores") or [] for d in records],
     }
 
 
@@ -290,6 +292,7 @@ def row_to_records(row: dict[str, Any]) -> list[dict[str, Any]]:
     The values come back exactly: scores and boxes are float32 in the model and in the file.
     """
     size = [row["height"], row["width"]]
+    none = [None] * len(row["labels"])
     return [
         detection_record(
             label=label,
@@ -299,10 +302,12 @@ def row_to_records(row: dict[str, Any]) -> list[dict[str, Any]]:
             box_xyxy=box,
             segmentation=None if counts is None else {"size": size, "counts": counts},
             area=area,
+            keypoints=points or None,  # [] (or null, in a part from before keypoints): a model without them
+            keypoint_scores=point_scores,
         )
-        for label, category_id, name, score, box, counts, area in zip(
+        for label, category_id, name, score, box, counts, area, points, point_scores in zip(
             row["labels"], row["category_ids"], row["category_names"], row["scores"], row["boxes"],
-            row["masks_rle"], row["area"],
+            row["masks_rle"], row["area"], row.get("keypoints") or none, row.get("keypoint_scores") or none,
         )
     ]
 
@@ -424,7 +429,8 @@ class SegmentWorker:
         from mrcnn.visualize import draw_detections
 
         buffer = io.BytesIO()
-        Image.fromarray(draw_detections(image, records)).save(buffer, format="PNG")
+        skeletons = self.predictor.categories.skeletons
+        Image.fromarray(draw_detections(image, records, skeletons=skeletons)).save(buffer, format="PNG")
         path = join_path(self.out_root, OVERLAYS_DIR, name)
         self.out_fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         _write_atomic(self.out_fs, path, buffer.getvalue())
@@ -647,7 +653,12 @@ def _part_paths(fs: pafs.FileSystem, root: str) -> list[str]:
 
 def _read_part(fs: pafs.FileSystem, path: str, columns: list[str] | None = None) -> pa.Table:
     with fs.open_input_file(path) as handle:
-        return pq.read_table(handle, columns=columns)
+        table = pq.read_table(handle, columns=columns)
+    schema = segment_schema(PART_COLUMNS)
+    for name in PART_COLUMNS if columns is None else ():
+        if name not in table.column_names:  # a part written before the column existed (keypoints): nulls
+            table = table.append_column(schema.field(name), pa.nulls(table.num_rows, type=schema.field(name).type))
+    return table
 
 
 def _done_keys(fs: pafs.FileSystem, root: str, *, retry_rejects: bool) -> set[str]:

@@ -442,11 +442,9 @@ class SegmentationService:
         info.update(
             checkpoint=checkpoint.name,
             preset=self.predictor.config.name,
+            task=self.predictor.config.model.task,
             num_classes=categories.num_classes,
-            categories=[
-                {"id": c.id, "name": c.name, "supercategory": c.supercategory, "label": label}
-                for label, c in enumerate(categories.categories, start=1)
-            ],
+            categories=categories.to_list(),  # keypoint categories also name their keypoints and skeleton
         )
         return info
 
@@ -586,7 +584,7 @@ def build_api(service: SegmentationService) -> FastAPI:
         headers = {"X-Batch-Size": str(batch_size), "X-Replica": str(service.replica["id"])}
         H, W = image.shape[:2]
         if query.overlay:
-            png = await asyncio.to_thread(_overlay_png, image, records)
+            png = await asyncio.to_thread(_overlay_png, image, records, service.predictor.categories.skeletons)
             return Response(png, media_type="image/png", headers={**headers, "X-Instances": str(len(records))})
         instances = await asyncio.to_thread(instances_json, records, query.mask_format)
         payload = {
@@ -646,13 +644,13 @@ async def _multipart_file(request: Request, body: bytes) -> bytes:
         await form.close()
 
 
-def _overlay_png(image: np.ndarray, records: list[dict[str, Any]]) -> bytes:
+def _overlay_png(image: np.ndarray, records: list[dict[str, Any]], skeletons: dict | None = None) -> bytes:
     from PIL import Image
 
     from mrcnn.visualize import draw_detections
 
     buffer = io.BytesIO()
-    Image.fromarray(draw_detections(image, records)).save(buffer, format="PNG")
+    Image.fromarray(draw_detections(image, records, skeletons=skeletons)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -186,7 +186,7 @@ def _as_list(values: Any) -> list:
 
 
 def collate_shard_batch(
-    batch: Mapping[str, Any], *, include_crowd: bool = False
+    batch: Mapping[str, Any], *, include_crowd: bool = False, num_keypoints: int | None = None
 ) -> tuple[list[Tensor], list[dict]]:
     """Decode a batch of shard rows into model inputs.
 
@@ -198,12 +198,16 @@ def collate_shard_batch(
             ``image``, ``image_id``, ``file_name``, ``height``, ``width``, ``boxes``, ``labels``,
             ``masks_rle``, ``iscrowd``, ``area``), B rows; images may differ in size.
         include_crowd (bool): keep crowd regions in the targets (default False, as for training).
+        num_keypoints (int | None): the dataset's K (``CategoryMap.num_keypoints``): with a ``keypoints``
+            column, every target gets ``keypoints`` [M, K, 3]; None: K from each row's longest list (a row
+            whose instances have none gets no ``keypoints``). Without the column (shards written before it
+            existed): no keypoints.
 
     Returns:
         tuple[list[Tensor], list[dict]]: B images ``Tensor[3, H_i, W_i]`` float32 in [0, 1], RGB,
         and B target dicts as built by :func:`mrcnn.data.dataset.build_target_from_columns`
         (``boxes`` float32 [M, 4] XYXY absolute pixels, ``labels`` int64, ``masks`` uint8
-        [M, H_i, W_i], ``iscrowd``, ``area``, ``image_id``).
+        [M, H_i, W_i], ``iscrowd``, ``area``, ``image_id``, ``keypoints`` [M, K, 3] when the shards have them).
 
     Raises:
         ImageDecodeError: a row's image bytes cannot be decoded.
@@ -211,6 +215,7 @@ def collate_shard_batch(
     """
     columns = {name: _as_list(batch[name]) for name in ("image", "image_id", "file_name", "height", "width")}
     instance_columns = {name: _as_list(batch[name]) for name in ("boxes", "labels", "masks_rle", "iscrowd", "area")}
+    keypoint_rows = _as_list(batch["keypoints"]) if "keypoints" in batch and num_keypoints != 0 else None
     images: list[Tensor] = []
     targets: list[dict] = []
     for row in range(len(columns["image_id"])):
@@ -236,6 +241,8 @@ def collate_shard_batch(
                 width=width,
                 include_crowd=include_crowd,
                 image_id=image_id,
+                keypoints=None if keypoint_rows is None else [list(k) for k in keypoint_rows[row]],
+                num_keypoints=num_keypoints,
             )
         )
     return images, targets
@@ -245,7 +252,9 @@ def shards_to_coco_gt(split_dir: str | os.PathLike) -> dict:
     """A COCO ground-truth dict built from one split's shards, for COCO evaluation.
 
     Reads every column but ``image``. Annotation ids are assigned 1..N in shard order (the
-    shards do not keep the source ids); crowd regions are included with ``iscrowd=1``.
+    shards do not keep the source ids); crowd regions are included with ``iscrowd=1``. Instances with
+    keypoints carry ``keypoints`` and ``num_keypoints``, and keypoint categories their ``keypoints`` and
+    ``skeleton`` (COCO person-keypoint format).
 
     Args:
         split_dir: ``OUT/<split>`` (local path or URI); ``OUT/categories.json`` gives the categories.
@@ -256,37 +265,39 @@ def shards_to_coco_gt(split_dir: str | os.PathLike) -> dict:
         ``categories`` (id, name, supercategory).
     """
     categories = read_categories(split_dir)
-    columns = [name for name in SHARD_COLUMNS if name != "image"]
+    wanted = [name for name in SHARD_COLUMNS if name != "image"]
     images: list[dict] = []
     annotations: list[dict] = []
     for shard in list_shards(split_dir):
         fs, path = resolve_path(shard)
         with fs.open_input_file(path) as handle:
-            table = pq.read_table(handle, columns=columns)
+            present = set(pq.ParquetFile(handle).schema_arrow.names)  # older shards have no keypoints column
+            table = pq.read_table(handle, columns=[name for name in wanted if name in present])
         for row in table.to_pylist():
             height, width = row["height"], row["width"]
             images.append(
                 {"id": row["image_id"], "file_name": row["file_name"], "height": height, "width": width}
             )
-            for box, category_id, counts, crowd, area in zip(
-                row["boxes"], row["category_ids"], row["masks_rle"], row["iscrowd"], row["area"]
+            keypoints = row.get("keypoints") or [[]] * len(row["boxes"])
+            for box, category_id, counts, crowd, area, points in zip(
+                row["boxes"], row["category_ids"], row["masks_rle"], row["iscrowd"], row["area"], keypoints
             ):
                 x0, y0, x1, y1 = (float(v) for v in box)
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": row["image_id"],
-                        "category_id": category_id,
-                        "segmentation": {"size": [height, width], "counts": counts},
-                        "area": float(area),
-                        "bbox": [x0, y0, x1 - x0, y1 - y0],
-                        "iscrowd": int(crowd),
-                    }
-                )
+                annotation = {
+                    "id": len(annotations) + 1,
+                    "image_id": row["image_id"],
+                    "category_id": category_id,
+                    "segmentation": {"size": [height, width], "counts": counts},
+                    "area": float(area),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "iscrowd": int(crowd),
+                }
+                if points:
+                    annotation["keypoints"] = [float(v) if i % 3 < 2 else int(v) for i, v in enumerate(points)]
+                    annotation["num_keypoints"] = sum(1 for v in points[2::3] if v > 0)
+                annotations.append(annotation)
     return {
         "images": images,
         "annotations": annotations,
-        "categories": [
-            {"id": c.id, "name": c.name, "supercategory": c.supercategory} for c in categories.categories
-        ],
+        "categories": [c.to_dict() for c in categories.categories],
     }

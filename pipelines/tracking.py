@@ -577,6 +577,7 @@ def register_checkpoint(
     segm_ap: float,
     tracking_uri: str | None = None,
     alias: str = BEST_ALIAS,
+    ap_tag: str = SEGM_AP_TAG,
 ) -> RegistrationResult:
     """Log a checkpoint to its run and register it; move ``best`` to it if its segm AP is the highest.
 
@@ -589,6 +590,8 @@ def register_checkpoint(
         segm_ap: the checkpoint's segm AP (percent, as ``evaluate_coco`` reports it).
         tracking_uri: default: the tracker's.
         alias: the alias that follows the highest AP.
+        ap_tag: the version tag that holds ``segm_ap`` and that the alias follows: ``segm_AP``, or
+            ``keypoints_AP`` for a keypoint model (whose ``segm_ap`` argument is then its keypoint AP).
 
     Returns:
         The version and whether the alias moved (it moves only on a strictly higher AP than the
@@ -633,11 +636,11 @@ def register_checkpoint(
         model_name,
         source,
         run_id=run_id,
-        tags={SEGM_AP_TAG: repr(segm_ap), "checkpoint": checkpoint_path.name},
-        description=f"{checkpoint_path.name}, segm AP {segm_ap:.2f}",
+        tags={ap_tag: repr(segm_ap), "checkpoint": checkpoint_path.name},
+        description=f"{checkpoint_path.name}, {ap_tag.replace('_', ' ')} {segm_ap:.2f}",
     )
     holder = _version_by_alias(client, model_name, alias)
-    holder_ap = _tag_float(holder.tags, SEGM_AP_TAG) if holder is not None else None
+    holder_ap = _tag_float(holder.tags, ap_tag) if holder is not None else None
     moved = holder is None or holder_ap is None or segm_ap > holder_ap
     if moved:
         client.set_registered_model_alias(model_name, alias, version.version)

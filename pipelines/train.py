@@ -8,7 +8,7 @@ NCCL, SyncBN and optional autocast (bf16, or fp16 with a GradScaler).
 Checkpoints are this project's checkpoint files reported through ``ray.train.report``. Relaunching with
 the same ``storage_path`` and ``name`` resumes from the latest one, and ``FailureConfig`` restarts
 failed workers from it. Rank 0 evaluates on the val shards at an interval, logs to MLflow (the same
-run after a resume), and registers the best checkpoint by segm AP.
+run after a resume), and registers the best checkpoint by segm AP (a keypoint model's by keypoint AP).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ class TrainRunConfig:
         resource; an autoscaling cluster starts such nodes), e.g. ``H200`` or ``A10G``.
     backbone_weights: an ImageNet ResNet state dict (torchvision's ``resnet50-*.pth``; path or s3:// URI)
         loaded into ``backbone.body`` before the first step, as the paper's training starts.
-    model_name: the registered model that the best checkpoint (by segm AP) becomes a version of; empty:
-        register nothing (the checkpoints stay in ``storage_path``).
+    model_name: the registered model that the best checkpoint (by segm AP; a keypoint model's by keypoint AP)
+        becomes a version of; empty: register nothing (the checkpoints stay in ``storage_path``).
     parent_run_id: nest this run's MLflow run under that run (``mrcnn ablate``'s variants are child runs).
     debug_dump_dir: a test hook: each rank records which image ids it trained on, per epoch
         (``images_rank{R}.jsonl``), its node, and (``debug_dump_params``) its parameters after every step.
@@ -131,7 +131,7 @@ def _max_across_ranks(value: float) -> float:
     return float(tensor.item())
 
 
-def _batches_forever(shard, batch_size: int, seed: int):
+def _batches_forever(shard, batch_size: int, seed: int, num_keypoints: int = 0):
     """Endless (epoch, images, targets, image ids) from this worker's dataset shard, reshuffled every epoch.
 
     Ray Train splits the dataset with ``streaming_split(equal=True)``: per epoch every row goes to one
@@ -148,7 +148,7 @@ def _batches_forever(shard, batch_size: int, seed: int):
             batch_size=batch_size, batch_format="numpy", drop_last=False, local_shuffle_buffer_size=4 * batch_size,
             local_shuffle_seed=seed + epoch,
         ):
-            images, targets = collate_shard_batch(batch)
+            images, targets = collate_shard_batch(batch, num_keypoints=num_keypoints)
             count += 1
             yield epoch, images, targets, [int(i) for i in batch["image_id"]]
         if count == 0:
@@ -156,7 +156,7 @@ def _batches_forever(shard, batch_size: int, seed: int):
         epoch += 1
 
 
-def _load_val(data_dir: str, max_images: int):
+def _load_val(data_dir: str, max_images: int, num_keypoints: int = 0):
     """Val images + targets and the COCO ground truth built from the val shards (rank 0 only)."""
     import pyarrow.parquet as pq
 
@@ -178,7 +178,7 @@ def _load_val(data_dir: str, max_images: int):
     if max_images:
         table = table.slice(0, max_images)
     batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-    images, targets = collate_shard_batch(batch, include_crowd=False)
+    images, targets = collate_shard_batch(batch, include_crowd=False, num_keypoints=num_keypoints)
     for t, image_id in zip(targets, batch["image_id"]):
         t["image_id"] = int(image_id)
     gt = shards_to_coco_gt(split_dir)
@@ -255,10 +255,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         else:
             tracker.log_metrics({"train/resumed_at_iteration": state["iteration"]}, step=state["iteration"])
 
-    val = _load_val(run.data, run.eval_max_images) if rank == 0 and run.eval_every else None
+    num_keypoints = cfg.model.keypoint_head.num_keypoints if cfg.model.has_keypoints else 0  # 0: targets without
+    val = _load_val(run.data, run.eval_max_images, num_keypoints) if rank == 0 and run.eval_every else None
     budget_s = run.minutes * 60 if run.minutes else None
     max_iters = run.max_iters or cfg.solver.max_iters
-    batches = _batches_forever(ray.train.get_dataset_shard("train"), run.batch_size, run.seed + 1000 * state["attempt"])
+    batches = _batches_forever(ray.train.get_dataset_shard("train"), run.batch_size, run.seed + 1000 * state["attempt"],
+                               num_keypoints)  # fmt: skip
 
     def progress() -> float:
         p = state["iteration"] / max_iters
@@ -268,8 +270,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         module = model.module if hasattr(model, "module") else model
         images, targets, gt = val
         loader = [(images[i : i + 8], targets[i : i + 8]) for i in range(0, len(images), 8)]
-        iou_types = ("bbox", "segm") if cfg.model.mask_head.enabled else ("bbox",)  # mask branch off: Faster R-CNN
-        metrics = evaluate_model(module, loader, gt, categories, device=device, iou_types=iou_types)
+        # bbox; segm with the mask branch (off: Faster R-CNN); keypoints (OKS) with the keypoint branch
+        metrics = evaluate_model(module, loader, gt, categories, device=device, iou_types=cfg.model.iou_types)
         module.train()
         return metrics
 
@@ -282,10 +284,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if state["history"]:
             metrics.update({k: v for k, v in state["history"][-1].items() if k.startswith("loss") or k == "lr"})
         eval_now = val is not None and (final or state["iteration"] % run.eval_every == 0)
-        segm_ap = None
+        segm_ap = keypoints_ap = None
         if eval_now:
             eval_metrics = evaluate()
             segm_ap = eval_metrics["segm"]["AP"] if "segm" in eval_metrics else None
+            keypoints_ap = eval_metrics["keypoints"]["AP"] if "keypoints" in eval_metrics else None
             for iou_type, stats in eval_metrics.items():
                 metrics.update({f"{iou_type}_{k}": v for k, v in stats.items() if k != "per_category"})
             if tracker is not None:
@@ -298,18 +301,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     model=model,
                     config=cfg,
                     categories=categories,
-                    metadata={"iteration": state["iteration"], "segm_AP": segm_ap, "run": run_key(run)},
+                    metadata={"iteration": state["iteration"], "segm_AP": segm_ap, "keypoints_AP": keypoints_ap,
+                              "run": run_key(run)},  # fmt: skip
                     training_state={
                         "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict() if scaler is not None else None,
                         "loop_state": json.dumps({k: v for k, v in state.items() if k != "attempt"} | {"attempt": state["attempt"]}),
                     },
                 )
-                if tracker is not None and run.model_name and segm_ap is not None and segm_ap > state["best_segm_ap"]:
-                    state["best_segm_ap"] = segm_ap
+                # "best" follows segm AP, or a keypoint model's keypoint AP (state["best_segm_ap"] holds that one)
+                best_ap, ap_tag = (keypoints_ap, "keypoints_AP") if cfg.model.has_keypoints else (segm_ap, "segm_AP")
+                if tracker is not None and run.model_name and best_ap is not None and best_ap > state["best_segm_ap"]:
+                    state["best_segm_ap"] = best_ap
                     from pipelines.tracking import register_checkpoint
 
-                    register_checkpoint(tracker, path, model_name=run.model_name, segm_ap=segm_ap, tracking_uri=run.tracking_uri)
+                    register_checkpoint(tracker, path, model_name=run.model_name, segm_ap=best_ap, tracking_uri=run.tracking_uri,
+                                        ap_tag=ap_tag)  # fmt: skip
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             # A unique name per report: a final report can come at the same iteration as a periodic one.
             state["reports"] += 1
@@ -451,7 +458,7 @@ def _log_overlays(tracker, model, val, categories, device, count: int) -> None:
             rgb = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             records = detections_to_records({k: v.cpu() for k, v in det.items()}, categories)
             records = [r for r in records if r["score"] >= 0.5]
-            Image.fromarray(draw_detections(rgb, records)).save(Path(tmp) / f"val_{i}.png")
+            Image.fromarray(draw_detections(rgb, records, skeletons=categories.skeletons)).save(Path(tmp) / f"val_{i}.png")
         tracker.log_images(tmp)
 
 
@@ -524,6 +531,11 @@ def train(run: TrainRunConfig, *, ray_address: str | None = None) -> TrainResult
     cfg = run.model_config()
     if cfg.model.num_classes != categories.num_classes:
         cfg = cfg.replace(**{"model.num_classes": categories.num_classes})
+    if cfg.model.has_keypoints:
+        if not categories.num_keypoints:
+            raise ValueError(f"train: model.task is keypoints but the categories of {run.data} name no keypoints "
+                             "(preprocess a COCO person-keypoint json, or `mrcnn synth --task keypoints`)")  # fmt: skip
+        cfg = cfg.replace(**{"model.keypoint_head.num_keypoints": categories.num_keypoints})
     if run.cpus_per_worker <= 0:
         run = dataclasses.replace(run, cpus_per_worker=auto_cpus_per_worker(run.workers, use_gpu=run.use_gpu))
     train_ds = ray.data.read_parquet(list_shards(join_path(run.data, "train")))

@@ -2,7 +2,8 @@
 
 The module's endpoint serves the small checkpoint through the MLflow registry (``models:/...@best``
 in a SQLite store) with 2 replicas, batching and a bearer token; a second application ("tiny": one
-replica, one request at a time, a queue of one) shows the 503 + Retry-After answer to overload.
+replica, one request at a time, a queue of one) shows the 503 + Retry-After answer to overload, and
+serves a keypoint model (masks + keypoints of the synthetic houses).
 The replica-kill test runs last: it disturbs the endpoint.
 """
 
@@ -110,7 +111,7 @@ def registered_model(small_checkpoint, tmp_path_factory) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def endpoint(registered_model, small_checkpoint):
+def endpoint(registered_model, small_keypoint_checkpoint):
     model_uri, tracking_uri = registered_model
     apps = {
         "mrcnn": {
@@ -118,7 +119,7 @@ def endpoint(registered_model, small_checkpoint):
             "batch_wait_timeout_s": 0.2, "max_ongoing_requests": 16, "token": TOKEN, "max_body_bytes": MAX_BODY_BYTES,
         },
         "tiny": {
-            "model": str(small_checkpoint), "replicas": 1, "max_batch_size": 1, "max_ongoing_requests": 1,
+            "model": str(small_keypoint_checkpoint), "replicas": 1, "max_batch_size": 1, "max_ongoing_requests": 1,
             "max_queued_requests": 1, "retry_after_s": 3,
         },
     }  # fmt: skip
@@ -244,6 +245,32 @@ def test_model_info(endpoint, registered_model):
     assert [(c["id"], c["name"], c["label"]) for c in info["categories"]] == [
         (1, "circle", 1), (2, "square", 2), (3, "triangle", 3), (4, "star", 4), (5, "ring", 5)]  # fmt: skip
     assert info["batching"]["max_batch_size"] == 8 and info["limits"]["max_body_bytes"] == MAX_BODY_BYTES
+
+
+def test_keypoint_model_answers_keypoints_and_draws_the_skeleton(endpoint, small_rgb, small_keypoint_checkpoint):
+    from mrcnn.data.synthetic_keypoints import HOUSE_KEYPOINTS, HOUSE_SKELETON
+    from mrcnn.predictor import Predictor
+    from mrcnn.visualize import draw_detections
+
+    info = _ok(request(endpoint.url("tiny", "v1/model")))
+    assert info["task"] == "keypoints"
+    assert info["categories"] == [{"id": 1, "name": "house", "supercategory": "shape", "label": 1,
+                                   "keypoints": list(HOUSE_KEYPOINTS), "skeleton": [list(p) for p in HOUSE_SKELETON]}]  # fmt: skip
+    data = _png(small_rgb)
+    result = _ok(_segment(endpoint, data, query="?score_threshold=0&max_detections=2", token=None, app="tiny"))
+    assert result["num_instances"] == 2
+    local = Predictor.from_checkpoint(small_keypoint_checkpoint, score_threshold=0.0).predict([np.asarray(small_rgb)], max_detections=2)[0]
+    for got, expected in zip(result["instances"], local):  # the same keypoints as the library's predictor
+        assert len(got["keypoints"]) == 15 and len(got["keypoint_scores"]) == 5
+        assert got["keypoints"] == pytest.approx(expected["keypoints"], abs=0.05)
+    overlay = _segment(endpoint, data, query="?score_threshold=0&max_detections=2&overlay=true", token=None, app="tiny")
+    assert overlay.status == 200 and overlay.headers["content-type"] == "image/png"
+    drawn = np.asarray(Image.open(io.BytesIO(overlay.body)).convert("RGB"))
+    image = np.asarray(small_rgb)
+    skeletons = {1: HOUSE_SKELETON}
+    assert (drawn == draw_detections(image, result["instances"], skeletons=skeletons)).all()
+    without = [{k: v for k, v in inst.items() if k != "keypoints"} for inst in result["instances"]]
+    assert (drawn != draw_detections(image, without, skeletons=skeletons)).any()  # the skeleton and points are drawn
 
 
 def _check_instances(result: dict, height: int, width: int) -> None:

@@ -51,9 +51,10 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def endpoint(small_checkpoint):
+def endpoint(small_checkpoint, small_keypoint_checkpoint):
     app = {"model": str(small_checkpoint), "replicas": 1, "max_batch_size": 4, "token": TOKEN}
-    with serve_endpoint({"mrcnn": app}) as ep:
+    keypoint_app = {"model": str(small_keypoint_checkpoint), "replicas": 1, "max_batch_size": 1}
+    with serve_endpoint({"mrcnn": app, "keypoints": keypoint_app}) as ep:
         yield ep
 
 
@@ -146,5 +147,33 @@ def test_page_needs_the_token(browser, endpoint):
     try:
         response = context.new_page().goto(endpoint.url("mrcnn"))
         assert response.status == 401 and response.headers["www-authenticate"].startswith("Basic")
+    finally:
+        context.close()
+
+
+def test_keypoint_model_draws_keypoints_and_skeleton(browser, endpoint, tmp_path):
+    from PIL import Image
+
+    from mrcnn.data.synthetic_keypoints import render_keypoint_image
+
+    houses = tmp_path / "houses.png"
+    Image.fromarray(render_keypoint_image(np.random.default_rng(1), size=128)[0]).save(houses)
+    context = browser.new_context()
+    page = context.new_page()
+    console_errors = []
+    page.on("pageerror", lambda exc: console_errors.append(str(exc)))
+    try:
+        page.goto(endpoint.url("keypoints"))
+        page.wait_for_function("document.getElementById('model').textContent.includes('house')", timeout=60_000)
+        _set_threshold(page, 0.0)
+        page.set_input_files("#file", str(houses))
+        page.wait_for_function("window.mrcnnView.state === 'done' && window.mrcnnView.drawn > 0", timeout=180_000)
+        instances = page.evaluate("window.mrcnnView.response.instances")
+        assert all(len(inst["keypoints"]) == 15 for inst in instances)
+        drawn = _canvas_pixels(page)
+        page.evaluate("() => { window.mrcnnView.response.instances.forEach((i) => delete i.keypoints); draw(); }")
+        without = _canvas_pixels(page)
+        assert (drawn != without).any(), "keypoints and skeleton are drawn over the masks"
+        assert console_errors == []
     finally:
         context.close()

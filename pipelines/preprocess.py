@@ -74,6 +74,7 @@ __all__ = [
 
 DEFAULT_BATCH_SIZE = 64  # images per map_batches call
 DEFAULT_ROWS_PER_SHARD = 1000  # upper bound when neither num_shards nor rows_per_shard is given
+PREPROCESS_BLOCK_BYTES = 16 * 2**20  # Ray Data output block cap while preprocessing (rows hold images)
 REJECTS_FILE = "rejects.jsonl"
 SUMMARY_FILE = "_summary.json"
 SPLITS = ("train", "val")
@@ -507,8 +508,11 @@ def preprocess_coco(
                 file=sys.stderr,
             )
         context = ray.data.DataContext.get_current()
-        previous_progress_bars = context.enable_progress_bars
+        previous_progress_bars, previous_block_size = context.enable_progress_bars, context.target_max_block_size
         context.enable_progress_bars = progress and previous_progress_bars
+        # Rows carry whole images: Ray Data's default 128 MiB output blocks made each worker buffer
+        # that much before writing, so memory grew with the dataset (benchmarks/bench_preprocess_memory.py).
+        context.target_max_block_size = min(previous_block_size or PREPROCESS_BLOCK_BYTES, PREPROCESS_BLOCK_BYTES)
         input_refs = []
         for shard, (lo, hi) in enumerate(_shard_bounds(len(records), num_shards)):
             if hi > lo:
@@ -532,8 +536,11 @@ def preprocess_coco(
                 dataset.write_datasink(sink)
             finally:
                 context.enable_progress_bars = previous_progress_bars
+                context.target_max_block_size = previous_block_size
             write_returns = sink.write_returns
             del input_refs
+        context.enable_progress_bars = previous_progress_bars
+        context.target_max_block_size = previous_block_size
 
     # Shards that got no rows from any task (more shards than images) are written empty.
     written = {shard for r in write_returns for shard in r["shards"]}

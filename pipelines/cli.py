@@ -261,14 +261,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- ablate
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from pipelines.ablate import AblationConfig, parse_variants, run_ablation, seeds_from
+    from pipelines.ablate import DEFAULT_STEPS_PER_VARIANT, AblationConfig, parse_variants, run_ablation, seeds_from
 
-    if not args.steps_per_variant and not args.minutes_per_variant:
-        raise CLIError("ablate: --steps-per-variant and --minutes-per-variant must not both be 0")
+    if args.steps_per_variant is not None and args.minutes_per_variant is not None:
+        raise CLIError("ablate: give --steps-per-variant or --minutes-per-variant, not both")
+    if (args.steps_per_variant is not None and args.steps_per_variant < 1) or (
+        args.minutes_per_variant is not None and args.minutes_per_variant <= 0
+    ):
+        raise CLIError("ablate: --steps-per-variant and --minutes-per-variant must be positive")
+    steps = args.steps_per_variant or (0 if args.minutes_per_variant else DEFAULT_STEPS_PER_VARIANT)
     config = AblationConfig(
         out=args.out, data=args.data, variants=tuple(v.name for v in parse_variants(args.variants)),
-        steps_per_variant=args.steps_per_variant or 0,
-        minutes_per_variant=0.0 if args.steps_per_variant else args.minutes_per_variant,
+        steps_per_variant=steps, minutes_per_variant=0.0 if steps else args.minutes_per_variant,
         seeds=seeds_from(args.seeds, args.seed), preset=args.preset, overrides=_parse_overrides(args.set or []),
         workers=args.workers, use_gpu=args.gpu, batch_size=args.batch_size, num_train=args.train, num_val=args.val,
         size=args.size, difficulty=args.difficulty, tracking_uri=args.tracking_uri or "", experiment=args.experiment,
@@ -512,10 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "`mrcnn preprocess`, or a COCO dataset root (preprocessed to OUT/shards)")
     p.add_argument("--out", default="mrcnn-ablate", help="table, json, plot, data, checkpoints and (by default) "
                    "the MLflow store go here (default mrcnn-ablate/)")
-    p.add_argument("--minutes-per-variant", type=float, default=6.0, metavar="M",
-                   help="the first variant (the baseline) trains M minutes; its step count is every other variant's "
-                   "budget (default 6)")
-    p.add_argument("--steps-per-variant", type=int, metavar="N", help="give the budget in steps instead (overrides --minutes-per-variant)")
+    p.add_argument("--steps-per-variant", type=int, metavar="N",
+                   help="training steps of every variant (default 150: about 6 min per variant on 2 CPU cores)")
+    p.add_argument("--minutes-per-variant", type=float, metavar="M",
+                   help="instead of --steps-per-variant: the first variant (the baseline) trains M minutes and its "
+                   "step count becomes every other variant's budget")
     p.add_argument("--variants", default="all", help="comma-separated subset of baseline,roi_pool,softmax,mlp,mask_off (default all)")
     p.add_argument("--seeds", type=int, default=1, metavar="K", help="train every variant with K seeds; the table shows mean ± std")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")

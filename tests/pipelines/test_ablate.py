@@ -120,7 +120,9 @@ def test_cli_errors_are_one_line_before_any_work(tmp_path, capsys):
     assert main(["ablate", "--out", str(out), "--variants", "baseline,roialign"]) == 2
     assert capsys.readouterr().err.strip().startswith("mrcnn: error: variants: unknown ['roialign']; known: ['baseline'")
     assert main(["ablate", "--out", str(out), "--minutes-per-variant", "0"]) == 2
-    assert "must not both be 0" in capsys.readouterr().err
+    assert "must be positive" in capsys.readouterr().err
+    assert main(["ablate", "--out", str(out), "--minutes-per-variant", "5", "--steps-per-variant", "100"]) == 2
+    assert "not both" in capsys.readouterr().err
     assert main(["ablate", "--out", str(out), "--seeds", "0"]) == 2
     assert "--seeds: expected >= 1, got 0" in capsys.readouterr().err
     assert not out.exists()

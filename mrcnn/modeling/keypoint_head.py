@@ -11,8 +11,14 @@ m = 56. Loss and decoding are torchvision's ``keypointrcnn_loss`` and ``heatmaps
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
-from torchvision.models.detection.roi_heads import heatmaps_to_keypoints, keypointrcnn_loss
+from torchvision.models.detection.keypoint_rcnn import (
+    KeypointRCNNHeads,
+    KeypointRCNNPredictor,
+)
+from torchvision.models.detection.roi_heads import (
+    heatmaps_to_keypoints,
+    keypointrcnn_loss,
+)
 
 from mrcnn.config import KeypointHeadConfig
 

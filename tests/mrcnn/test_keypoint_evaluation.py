@@ -12,7 +12,13 @@ from pycocotools.cocoeval import COCOeval
 
 from mrcnn.data.keypoints import DEFAULT_KEYPOINT_SIGMA
 from mrcnn.data.synthetic_keypoints import make_synthetic_keypoints_coco
-from mrcnn.evaluation import KEYPOINT_STAT_NAMES, evaluate_coco, format_metrics_table, keypoint_oks_sigmas, load_coco_gt
+from mrcnn.evaluation import (
+    KEYPOINT_STAT_NAMES,
+    evaluate_coco,
+    format_metrics_table,
+    keypoint_oks_sigmas,
+    load_coco_gt,
+)
 from tests.mrcnn.data.test_keypoints import _person_keypoints_json
 
 

@@ -9,7 +9,11 @@ import torch
 from mrcnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mrcnn.config import get_preset
 from mrcnn.data.categories import Category, CategoryMap
-from mrcnn.data.synthetic_keypoints import HOUSE_KEYPOINTS, HOUSE_SKELETON, render_keypoint_image
+from mrcnn.data.synthetic_keypoints import (
+    HOUSE_KEYPOINTS,
+    HOUSE_SKELETON,
+    render_keypoint_image,
+)
 from mrcnn.modeling import build_model
 from mrcnn.predictor import Predictor, detections_to_records
 from mrcnn.records import DETECTION_FIELDS, KEYPOINT_FIELDS, coco_result
@@ -46,7 +50,7 @@ def test_predictor_records_carry_keypoints_and_coco_results_too(small_keypoint_c
         assert tuple(record) == DETECTION_FIELDS + KEYPOINT_FIELDS
         points = np.asarray(record["keypoints"]).reshape(5, 3)
         assert len(record["keypoint_scores"]) == 5 and (points[:, 2] == 1).all()
-        x1, y1, x2, y2 = record["box_xyxy"]
+        x1, _, x2, _ = record["box_xyxy"]
         assert (points[:, 0] >= x1 - 1).all() and (points[:, 0] <= x2 + 1).all() and (points[:, 1] <= 101).all()
         result = coco_result(record, image_id=7)
         assert result["keypoints"] == [round(v, 2) for v in record["keypoints"]] and "segmentation" in result

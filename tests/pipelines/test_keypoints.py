@@ -13,7 +13,11 @@ import numpy as np
 import pytest
 import ray
 
-from mrcnn.data.synthetic_keypoints import HOUSE_KEYPOINTS, HOUSE_SKELETON, make_synthetic_keypoints_coco
+from mrcnn.data.synthetic_keypoints import (
+    HOUSE_KEYPOINTS,
+    HOUSE_SKELETON,
+    make_synthetic_keypoints_coco,
+)
 from mrcnn.evaluation import KEYPOINT_STAT_NAMES, STAT_NAMES, evaluate_coco
 from pipelines.cli import main
 
@@ -75,7 +79,12 @@ def shards(local_ray, tmp_path_factory) -> Path:
 def test_preprocess_writes_keypoints_and_rejects_the_bad_annotation(shards):
     import pyarrow.parquet as pq
 
-    from pipelines.shards import collate_shard_batch, list_shards, read_categories, shards_to_coco_gt
+    from pipelines.shards import (
+        collate_shard_batch,
+        list_shards,
+        read_categories,
+        shards_to_coco_gt,
+    )
 
     rejects = [json.loads(line) for line in (shards / "train" / "rejects.jsonl").read_text().splitlines()]
     assert [(r["reason"], r["annotation_id"]) for r in rejects] == [("bad_keypoints", 1)]

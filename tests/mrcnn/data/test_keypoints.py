@@ -14,7 +14,10 @@ from torchvision.models.detection.keypoint_rcnn import _COCO_PERSON_KEYPOINT_NAM
 
 from mrcnn.data.categories import Category, CategoryMap
 from mrcnn.data.coco import load_coco
-from mrcnn.data.dataset import CocoInstanceDataset, build_target, build_target_from_columns
+from mrcnn.data.dataset import (
+    CocoInstanceDataset,
+    build_target_from_columns,
+)
 from mrcnn.data.keypoints import (
     COCO_PERSON_KEYPOINTS,
     COCO_PERSON_SIGMAS,
@@ -155,15 +158,15 @@ def test_category_map_round_trips_keypoint_metadata_and_rejects_bad_metadata():
 
 
 def test_target_keypoints_shape_crowd_and_empty_images():
-    columns = dict(
-        boxes=[[0, 0, 4, 4], [1, 1, 5, 5], [2, 2, 6, 6]],
-        labels=[1, 1, 2],
-        masks_rle=[{"size": [8, 8], "counts": "0`1"}] * 3,
-        iscrowd=[0, 1, 0],
-        area=[1.0, 1.0, 1.0],
-        height=8,
-        width=8,
-    )
+    columns = {
+        "boxes": [[0, 0, 4, 4], [1, 1, 5, 5], [2, 2, 6, 6]],
+        "labels": [1, 1, 2],
+        "masks_rle": [{"size": [8, 8], "counts": "0`1"}] * 3,
+        "iscrowd": [0, 1, 0],
+        "area": [1.0, 1.0, 1.0],
+        "height": 8,
+        "width": 8,
+    }
     target = build_target_from_columns(**columns, keypoints=[[1, 2, 2, 3, 4, 1], [0, 0, 0, 0, 0, 0], []])
     assert target["keypoints"].dtype == torch.float32
     assert target["keypoints"].tolist() == [[[1, 2, 2], [3, 4, 1]], [[0, 0, 0], [0, 0, 0]]]  # crowd dropped; [] = none

@@ -301,8 +301,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     model=model,
                     config=cfg,
                     categories=categories,
-                    metadata={"iteration": state["iteration"], "segm_AP": segm_ap, "keypoints_AP": keypoints_ap,
-                              "run": run_key(run)},  # fmt: skip
+                    metadata={"iteration": state["iteration"], "segm_AP": segm_ap, "keypoints_AP": keypoints_ap, "run": run_key(run)},
                     training_state={
                         "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict() if scaler is not None else None,

@@ -6,6 +6,10 @@
 Prints a markdown table; every row is measured in the same process, after warm-up, as the median of
 ``--repeats`` timed runs (min-max shown). Weights are random (nothing is downloaded); the score
 threshold is 0 so that 100 detections per image go through the mask head, as with trained weights.
+Rows: 1. inference, `Predictor.predict` (optimized model, RLE records) against torchvision's model call
+(benchmarks/bench_inference.py); 2. R50-FPN training steps against torchvision's model with the same
+set-up (benchmarks/bench_train_step.py; on CUDA ours runs NCHW, on CPUs channels-last as `mrcnn train`
+does), in fp32 and under bf16/fp16 autocast, batch 1 and 8; and our `r18_fpn_small` training step.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from mrcnn.config import get_preset
 from mrcnn.data.dataset import image_to_tensor
@@ -106,8 +111,41 @@ def _categories(cfg):
     return CategoryMap.from_names([f"c{i}" for i in range(1, cfg.model.num_classes + 1)])
 
 
+def bench_train_vs_torchvision(args, device, rows):
+    """R50-FPN training steps, ours against torchvision's (bench_train_step.py's set-up), interleaved."""
+    from bench_train_step import build, make_batch
+
+    for dtype_name in ("fp32", "bf16", "fp16"):
+        dtype = DTYPES[dtype_name]
+        if dtype is not None and device.type == "cpu":
+            continue
+        for batch in args.batches:
+            models = build(args.size, device)
+            models.pop("ours_channels_last" if device.type == "cuda" else "ours")
+            optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=1e-4) for name, m in models.items()}
+            scaler = torch.amp.GradScaler(device.type) if dtype_name == "fp16" else None
+            images, targets = make_batch(batch, args.size, device)
+            times = {name: [] for name in models}
+            for step in range(args.warmup + args.repeats):
+                for name, model in models.items():
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    train_step(model, images, targets, optimizer=optimizers[name], step=step, scaler=scaler, autocast_dtype=dtype)
+                    _sync(device)
+                    if step >= args.warmup:
+                        times[name].append(time.perf_counter() - t0)
+            theirs, ours = (times[name] for name in models)
+            rows.append({"bench": f"train step r50_fpn {args.size}px vs torchvision", "dtype": dtype_name, "batch": batch,
+                         "torchvision_s": (statistics.median(theirs), min(theirs), max(theirs)),
+                         "ours_s": (statistics.median(ours), min(ours), max(ours))})
+            del models, optimizers
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
 def bench_train(args, device, rows):
-    for preset, size in (("r50_fpn", args.size), ("r18_fpn_small", 128)):
+    """Our small preset's training step (the demo's model), ours only."""
+    for preset, size in (("r18_fpn_small", 128),):
         for dtype_name in ("fp32", "bf16", "fp16"):
             dtype = DTYPES[dtype_name]
             if dtype is not None and device.type == "cpu":
@@ -115,12 +153,11 @@ def bench_train(args, device, rows):
             for batch in args.batches:
                 torch.manual_seed(0)
                 overrides = {"model.input.min_size": [size], "model.input.max_size": int(size * 1333 / 800)}
-                if preset == "r50_fpn":
-                    overrides["model.backbone.norm"] = "bn"
                 cfg = get_preset(preset).replace(**overrides)
                 model = build_model(cfg).to(device).train()
                 if device.type == "cpu":
                     model = model.to(memory_format=torch.channels_last)
+                    model.channels_last = True
                 optimizer = build_optimizer(model, cfg.solver, total_batch_size=batch)
                 scaler = torch.amp.GradScaler(device.type) if dtype_name == "fp16" else None
                 images = [torch.rand(3, size, int(size * 4 / 3), device=device) for _ in range(batch)]
@@ -159,6 +196,7 @@ def main() -> None:
     if args.only in (None, "inference"):
         bench_inference(args, device, rows)
     if args.only in (None, "train"):
+        bench_train_vs_torchvision(args, device, rows)
         bench_train(args, device, rows)
 
     def fmt(t):

@@ -15,7 +15,13 @@ Variants:
 - predictor: `Predictor.predict([image])` (the default, optimized model): detection records with
   RLE-encoded binary masks (more work than torchvision's output: thresholding and RLE).
 - predictor_raw: `Predictor.predict_raw` (tensors, bool masks; no RLE).
-- predictor_plain: `Predictor(optimize=False).predict`: the model as loaded (no BatchNorm folding, NCHW).
+- predictor_plain: `Predictor(optimize=False).predict`: the model as loaded (no BatchNorm folding, NCHW);
+  only the exact fast paths (mask pasting, class NMS, label-only mask logits, threaded RoI pooling).
+- predictor_fold: as predictor_plain plus BatchNorm folded into the convolutions (NCHW).
+- torchvision_no_grad: torchvision's model under `torch.no_grad()` instead of `torch.inference_mode()`.
+
+`--stages` also prints where the time goes (backbone+FPN, RPN, box branch, mask branch, the rest:
+post-processing, pasting, RLE) for torchvision and the default predictor, from module hooks.
 
 It also checks that the outputs agree: same labels in the same order, largest box and score differences,
 and the smallest per-instance mask IoU against torchvision's masks thresholded at 0.5.
@@ -40,10 +46,11 @@ from mrcnn.data.categories import CategoryMap  # noqa: E402
 from mrcnn.data.dataset import image_to_tensor  # noqa: E402
 from mrcnn.data.images import load_image  # noqa: E402
 from mrcnn.modeling import build_model  # noqa: E402
+from mrcnn.modeling.inference import optimize_for_inference  # noqa: E402
 from mrcnn.predictor import Predictor  # noqa: E402
 
 PHOTOS = sorted((ROOT / "tests" / "data" / "coco_mini" / "images").glob("*.jpg"))
-VARIANTS = ("torchvision", "predictor", "predictor_raw", "predictor_plain")
+VARIANTS = ("torchvision", "predictor", "predictor_raw", "predictor_plain", "predictor_fold", "torchvision_no_grad")
 
 
 def build_models(size: int):
@@ -58,17 +65,58 @@ def build_models(size: int):
     )
     categories = CategoryMap.from_names([f"c{i}" for i in range(1, cfg.model.num_classes + 1)])
     predictors = {}
-    for name, optimize in (("optimized", True), ("plain", False)):
+    for name, optimize in (("optimized", True), ("plain", False), ("fold", False)):
         model = build_model(cfg)
         model.load_state_dict(copy.deepcopy(tv.state_dict()))
         predictors[name] = Predictor(model, config=cfg, categories=categories, score_threshold=0.0, optimize=optimize)
+    optimize_for_inference(predictors["fold"].inference_model, channels_last=False)
     return tv, predictors
+
+
+STAGES = {  # stage -> module paths whose forward time it sums
+    "backbone+FPN": ["backbone"],
+    "RPN": ["rpn"],
+    "box branch (pool, head)": ["roi_heads.box_roi_pool", "roi_heads.box_head", "roi_heads.box_predictor"],
+    "mask branch (pool, head, predictor)": ["roi_heads.mask_roi_pool", "roi_heads.mask_head", "roi_heads.mask_predictor.conv5_mask"],
+}
+
+
+def stage_times(model, run, image, repeats: int) -> dict[str, float]:
+    """Median seconds per stage of ``run(image)`` (the rest: whatever no hooked module covers)."""
+    spent: dict[str, float] = {}
+    handles = []
+    for stage, paths in STAGES.items():
+        for path in paths:
+            module = model.get_submodule(path)
+            start: list[float] = []
+            handles.append(module.register_forward_pre_hook(lambda *_, start=start: start.append(time.perf_counter())))
+            handles.append(module.register_forward_hook(
+                lambda *_, start=start, stage=stage: spent.__setitem__(stage, spent.get(stage, 0.0) + time.perf_counter() - start.pop())
+            ))
+    rows = []
+    try:
+        for _ in range(repeats):
+            spent.clear()
+            t0 = time.perf_counter()
+            run(image)
+            total = time.perf_counter() - t0
+            rows.append({**spent, "rest (post-processing, pasting, RLE)": total - sum(spent.values()), "total": total})
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {key: statistics.median(row[key] for row in rows) for key in rows[0]}
 
 
 def agreement(reference: dict, ours: dict) -> dict:
     """How far our raw detections are from torchvision's for one image."""
     same_labels = torch.equal(reference["labels"], ours["labels"])
     out = {"num": (len(reference["labels"]), len(ours["labels"])), "same_labels": same_labels}
+    if not same_labels and len(reference["labels"]) == len(ours["labels"]):
+        # Rank swaps between detections whose scores differ by less than the rounding: show how close.
+        differ = reference["labels"] != ours["labels"]
+        out["ranks_differing"] = int(differ.sum())
+        out["largest_score_gap_at_those_ranks"] = (reference["scores"][differ] - ours["scores"][differ]).abs().max().item()
+        out["same_label_multiset"] = torch.equal(reference["labels"].sort().values, ours["labels"].sort().values)
     if same_labels and len(ours["labels"]):
         out["box_diff"] = (reference["boxes"] - ours["boxes"]).abs().max().item()
         out["score_diff"] = (reference["scores"] - ours["scores"]).abs().max().item()
@@ -88,6 +136,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["torchvision", "predictor", "predictor_raw"])
+    parser.add_argument("--stages", action="store_true", help="also time the stages (first photo)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,11 +147,17 @@ def main() -> None:
         with torch.inference_mode():
             return tv([image_to_tensor(img)])[0]
 
+    def run_tv_no_grad(img):
+        with torch.no_grad():
+            return tv([image_to_tensor(img)])[0]
+
     runs = {
         "torchvision": run_tv,
         "predictor": lambda img: predictors["optimized"].predict([img]),
         "predictor_raw": lambda img: predictors["optimized"].predict_raw([img])[0],
         "predictor_plain": lambda img: predictors["plain"].predict([img]),
+        "predictor_fold": lambda img: predictors["fold"].predict([img]),
+        "torchvision_no_grad": run_tv_no_grad,
     }
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(images)} photos at {args.size} px, "
           f"{args.repeats} repeats", flush=True)
@@ -132,6 +187,15 @@ def main() -> None:
         lo, hi = total(name, min), total(name, max)
         n = len(images)
         print(f"| {name} | {med / n:.3f} | {lo / n:.3f}-{hi / n:.3f} | {base / med:.2f}x |")
+
+    if args.stages:
+        theirs = stage_times(tv, run_tv, images[0], args.repeats)
+        ours = stage_times(predictors["optimized"].inference_model, runs["predictor"], images[0], args.repeats)
+        print("\n| stage (photo 0) | torchvision s | predictor s | speed-up |")
+        print("|---|---:|---:|---:|")
+        for key in theirs:
+            print(f"| {key} | {theirs[key]:.3f} | {ours[key]:.3f} | {theirs[key] / ours[key]:.2f}x |")
+
 
 
 if __name__ == "__main__":

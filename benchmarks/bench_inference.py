@@ -41,13 +41,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mrcnn.config import get_preset  # noqa: E402
-from mrcnn.data.categories import CategoryMap  # noqa: E402
-from mrcnn.data.dataset import image_to_tensor  # noqa: E402
-from mrcnn.data.images import load_image  # noqa: E402
-from mrcnn.modeling import build_model  # noqa: E402
-from mrcnn.modeling.inference import optimize_for_inference  # noqa: E402
-from mrcnn.predictor import Predictor  # noqa: E402
+from mrcnn.config import get_preset
+from mrcnn.data.categories import CategoryMap
+from mrcnn.data.dataset import image_to_tensor
+from mrcnn.data.images import load_image
+from mrcnn.modeling import build_model
+from mrcnn.modeling.inference import optimize_for_inference
+from mrcnn.predictor import Predictor
 
 PHOTOS = sorted((ROOT / "tests" / "data" / "coco_mini" / "images").glob("*.jpg"))
 VARIANTS = ("torchvision", "predictor", "predictor_raw", "predictor_plain", "predictor_fold", "torchvision_no_grad")

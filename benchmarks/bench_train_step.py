@@ -28,9 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mrcnn.config import get_preset  # noqa: E402
-from mrcnn.engine import train_step  # noqa: E402
-from mrcnn.modeling import build_model  # noqa: E402
+from mrcnn.config import get_preset
+from mrcnn.engine import train_step
+from mrcnn.modeling import build_model
 
 VARIANTS = ("torchvision", "ours", "ours_channels_last")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

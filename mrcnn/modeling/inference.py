@@ -8,6 +8,8 @@ the memory layout the convolutions run in. Outputs change by float rounding only
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -48,7 +50,7 @@ def fold_batchnorm(module: nn.Module) -> int:
         if not isinstance(parent, _SEQUENTIAL_CONTAINERS):
             continue
         children = list(parent.named_children())
-        for (_, first), (second_name, second) in zip(children, children[1:]):
+        for (_, first), (second_name, second) in itertools.pairwise(children):
             if isinstance(first, nn.Conv2d) and isinstance(second, (FrozenBatchNorm2d, nn.BatchNorm2d)):
                 if second.running_mean is None or first.out_channels != len(second.running_mean):
                     continue

@@ -10,12 +10,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import boxes as box_ops
 from torchvision.models.detection.roi_heads import RoIHeads as TorchvisionRoIHeads
+from torchvision.ops import boxes as box_ops
 
 from mrcnn.config import ModelConfig
 from mrcnn.modeling.box_head import build_box_head, fast_rcnn_loss
-from mrcnn.modeling.keypoint_head import build_keypoint_head, keypoint_rcnn_loss, keypoints_from_heatmaps
+from mrcnn.modeling.keypoint_head import (
+    build_keypoint_head,
+    keypoint_rcnn_loss,
+    keypoints_from_heatmaps,
+)
 from mrcnn.modeling.mask_head import (
     build_mask_head,
     mask_rcnn_loss,

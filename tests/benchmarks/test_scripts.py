@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _run(script: str, *args: str, timeout: int = 600) -> str:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, capture_output=True,
-                            text=True, timeout=timeout)
+                            text=True, timeout=timeout, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 

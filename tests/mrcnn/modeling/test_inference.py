@@ -25,7 +25,11 @@ from mrcnn.data.images import load_image
 from mrcnn.data.masks import masks_to_rles
 from mrcnn.modeling import build_model
 from mrcnn.modeling.inference import fold_batchnorm, optimize_for_inference
-from mrcnn.modeling.mask_head import build_mask_head, mask_probs_for_labels, predict_mask_probs
+from mrcnn.modeling.mask_head import (
+    build_mask_head,
+    mask_probs_for_labels,
+    predict_mask_probs,
+)
 from mrcnn.modeling.paste import paste_masks_binary
 from mrcnn.modeling.poolers import MultiScaleRoIPooler
 from mrcnn.modeling.roi_heads import _class_nms_top

@@ -1,4 +1,4 @@
-"""Data layer: image decoding, RLE masks, categories, COCO loading, targets, transforms, synthetic data.
+"""Data layer: image decoding, RLE masks, categories, keypoints, COCO loading, targets, transforms, synthetic data.
 
 Pure numpy/PIL/pycocotools/torch; no Ray, no MLflow.
 """
@@ -21,6 +21,13 @@ from mrcnn.data.dataset import (
     image_to_tensor,
 )
 from mrcnn.data.images import ImageDecodeError, decode_image, image_size, load_image
+from mrcnn.data.keypoints import (
+    COCO_PERSON_KEYPOINTS,
+    COCO_PERSON_SKELETON,
+    KeypointError,
+    flip_indices,
+    parse_keypoints,
+)
 from mrcnn.data.masks import (
     SegmentationError,
     mask_to_rle,
@@ -37,9 +44,16 @@ from mrcnn.data.synthetic import (
     render_synthetic_image,
     synthetic_categories,
 )
+from mrcnn.data.synthetic_keypoints import (
+    make_synthetic_keypoints_coco,
+    render_keypoint_image,
+    synthetic_keypoint_categories,
+)
 from mrcnn.data.transforms import Compose, RandomHorizontalFlip, Resize, resized_shape
 
 __all__ = [
+    "COCO_PERSON_KEYPOINTS",
+    "COCO_PERSON_SKELETON",
     "SHAPE_CLASSES",
     "AnnotationRecord",
     "Category",
@@ -49,6 +63,7 @@ __all__ = [
     "Compose",
     "ImageDecodeError",
     "ImageRecord",
+    "KeypointError",
     "RandomHorizontalFlip",
     "RecordError",
     "Reject",
@@ -58,13 +73,17 @@ __all__ = [
     "build_target_from_columns",
     "collate_detection",
     "decode_image",
+    "flip_indices",
     "image_size",
     "image_to_tensor",
     "load_coco",
     "load_image",
     "make_synthetic_coco",
+    "make_synthetic_keypoints_coco",
     "mask_to_rle",
     "masks_to_rles",
+    "parse_keypoints",
+    "render_keypoint_image",
     "render_synthetic_image",
     "resized_shape",
     "rle_area",
@@ -73,5 +92,6 @@ __all__ = [
     "rles_to_masks",
     "segmentation_to_rle",
     "synthetic_categories",
+    "synthetic_keypoint_categories",
     "validate_annotation",
 ]

@@ -3,22 +3,35 @@
     python benchmarks/bench_inference.py                      # the defaults: 800 px, 6 photos, 5 repeats
     python benchmarks/bench_inference.py --variants torchvision predictor predictor_plain --repeats 3
 
-torchvision's `maskrcnn_resnet50_fpn(weights=None)` (random init, seed 0) is built once; our R50-FPN
+torchvision's `maskrcnn_resnet50_fpn(weights=None)` (random init, seed 0) is built; our R50-FPN
 preset loads its state dict. The score threshold is 0, so 100 detections per image go through the mask
 head, as with trained weights. Every repetition runs every variant on every image, one after the other
 (interleaved, so load changes hit all variants alike), after a warm-up pass; the table shows per-image
 medians over the repetitions, summed over the images, with the min-max of those sums.
 
-Variants:
-- torchvision: `model([tensor])` under `torch.inference_mode()`: boxes, labels, scores and [D, 1, H, W]
-  mask probabilities pasted into the image (its output stops there).
-- predictor: `Predictor.predict([image])` (the default, optimized model): detection records with
-  RLE-encoded binary masks (more work than torchvision's output: thresholding and RLE).
-- predictor_raw: `Predictor.predict_raw` (tensors, bool masks; no RLE).
-- predictor_plain: `Predictor(optimize=False).predict`: the model as loaded (no BatchNorm folding, NCHW);
-  only the exact fast paths (mask pasting, class NMS, label-only mask logits, threaded RoI pooling).
-- predictor_fold: as predictor_plain plus BatchNorm folded into the convolutions (NCHW).
-- torchvision_no_grad: torchvision's model under `torch.no_grad()` instead of `torch.inference_mode()`.
+Each group of variants runs in a process of its own (driven in turn by this one), because one
+setting is process-wide: the predictor makes glibc's malloc keep freed memory
+(`mrcnn.runtime.keep_freed_memory`), which would otherwise also speed up torchvision in the same
+process. So `torchvision` is torchvision as it runs out of the box, and `torchvision_kept_memory` is
+torchvision with the same malloc setting as the predictor (the comparison of the two implementations
+alone).
+
+Variants (process in brackets):
+- torchvision [tv]: `model([tensor])` under `torch.inference_mode()`: boxes, labels, scores and
+  [D, 1, H, W] mask probabilities pasted into the image (its output stops there).
+- torchvision_no_grad [tv]: the same under `torch.no_grad()`.
+- torchvision_kept_memory [tv_kept]: torchvision with `keep_freed_memory()` applied to its process.
+- predictor [ours]: `Predictor.predict([image])` (the default: optimized model, freed memory kept):
+  detection records with RLE-encoded binary masks (more work than torchvision's output: thresholding, RLE).
+- predictor_raw [ours]: `Predictor.predict_raw` (tensors, bool masks; no RLE).
+- predictor_no_winograd [ours]: the default predictor with oneDNN's direct 3x3 convolutions instead of
+  Winograd F(4x4, 3x3) (`optimize_for_inference(winograd=False)`).
+- predictor_default_malloc [ours_malloc]: the default predictor with glibc's default malloc
+  (`keep_freed_memory=False`).
+- predictor_plain [ours_malloc]: `Predictor(optimize=False)`: the model as loaded (no BatchNorm folding,
+  NCHW, direct convolutions); only the exact fast paths (mask pasting, class NMS, label-only mask logits, threaded RoI
+  pooling); glibc's default malloc.
+- predictor_fold [ours_malloc]: as predictor_plain plus BatchNorm folded into the convolutions (NCHW).
 
 `--stages` also prints where the time goes (backbone+FPN, RPN, box branch, mask branch, the rest:
 post-processing, pasting, RLE) for torchvision and the default predictor, from module hooks.
@@ -31,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import multiprocessing
 import statistics
 import sys
 import time
@@ -41,6 +55,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mrcnn import runtime
 from mrcnn.config import get_preset
 from mrcnn.data.categories import CategoryMap
 from mrcnn.data.dataset import image_to_tensor
@@ -50,27 +65,108 @@ from mrcnn.modeling.inference import optimize_for_inference
 from mrcnn.predictor import Predictor
 
 PHOTOS = sorted((ROOT / "tests" / "data" / "coco_mini" / "images").glob("*.jpg"))
-VARIANTS = ("torchvision", "predictor", "predictor_raw", "predictor_plain", "predictor_fold", "torchvision_no_grad")
+# variant -> the process group it runs in (variants of one group share a process and its settings).
+VARIANTS = {
+    "torchvision": "tv",
+    "predictor": "ours",
+    "predictor_raw": "ours",
+    "predictor_no_winograd": "ours",
+    "torchvision_kept_memory": "tv_kept",
+    "predictor_default_malloc": "ours_malloc",
+    "predictor_plain": "ours_malloc",
+    "predictor_fold": "ours_malloc",
+    "torchvision_no_grad": "tv",
+}
 
 
-def build_models(size: int):
-    """torchvision's model (random init, seed 0) and predictors over the same weights."""
+def build_torchvision(size: int):
+    """torchvision's Mask R-CNN (random init, seed 0: the same weights in every process)."""
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
     torch.manual_seed(0)
-    max_size = int(size * 1333 / 800)
-    tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=0.0, min_size=size, max_size=max_size).eval()
+    return maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, box_score_thresh=0.0, min_size=size, max_size=int(size * 1333 / 800)
+    ).eval()
+
+
+def build_predictor(
+    tv, size: int, *, optimize: bool, keep_freed_memory: bool, fold_only: bool = False, winograd: bool = True
+) -> Predictor:
+    """Our R50-FPN predictor over torchvision's weights."""
     cfg = get_preset("r50_fpn").replace(
-        **{"model.input.min_size": [size], "model.input.max_size": max_size, "model.box_head.score_thresh": 0.0}
+        **{"model.input.min_size": [size], "model.input.max_size": int(size * 1333 / 800), "model.box_head.score_thresh": 0.0}
     )
     categories = CategoryMap.from_names([f"c{i}" for i in range(1, cfg.model.num_classes + 1)])
-    predictors = {}
-    for name, optimize in (("optimized", True), ("plain", False), ("fold", False)):
-        model = build_model(cfg)
-        model.load_state_dict(copy.deepcopy(tv.state_dict()))
-        predictors[name] = Predictor(model, config=cfg, categories=categories, score_threshold=0.0, optimize=optimize)
-    optimize_for_inference(predictors["fold"].inference_model, channels_last=False)
-    return tv, predictors
+    model = build_model(cfg)
+    model.load_state_dict(copy.deepcopy(tv.state_dict()))
+    predictor = Predictor(model, config=cfg, categories=categories, score_threshold=0.0, optimize=optimize,
+                          keep_freed_memory=keep_freed_memory)
+    if fold_only:
+        optimize_for_inference(predictor.inference_model, channels_last=False, winograd=False)
+    elif not winograd:
+        optimize_for_inference(predictor.inference_model, winograd=False)
+    return predictor
+
+
+def build_group(group: str, size: int) -> tuple[dict, dict]:
+    """The runs of one process group: variant -> fn(image), and the modules/raw-output fns for stages/agreement."""
+    tv = build_torchvision(size)
+
+    def run_tv(img):
+        with torch.inference_mode():
+            return tv([image_to_tensor(img)])[0]
+
+    def run_tv_no_grad(img):
+        with torch.no_grad():
+            return tv([image_to_tensor(img)])[0]
+
+    if group in ("tv", "tv_kept"):
+        if group == "tv_kept":
+            assert runtime.keep_freed_memory(), "keep_freed_memory() does not apply here (not glibc, or disabled)"
+        runs = {"torchvision": run_tv, "torchvision_no_grad": run_tv_no_grad, "torchvision_kept_memory": run_tv}
+        return runs, {"raw": run_tv, "model": tv}
+    if group == "ours":
+        predictor = build_predictor(tv, size, optimize=True, keep_freed_memory=True)
+        direct = build_predictor(tv, size, optimize=False, keep_freed_memory=True, winograd=False)
+        runs = {
+            "predictor": lambda img: predictor.predict([img]),
+            "predictor_raw": lambda img: predictor.predict_raw([img])[0],
+            "predictor_no_winograd": lambda img: direct.predict([img]),
+        }
+        return runs, {"raw": runs["predictor_raw"], "model": predictor.inference_model, "run": runs["predictor"]}
+    optimized = build_predictor(tv, size, optimize=True, keep_freed_memory=False)
+    plain = build_predictor(tv, size, optimize=False, keep_freed_memory=False)
+    fold = build_predictor(tv, size, optimize=False, keep_freed_memory=False, fold_only=True)
+    runs = {
+        "predictor_default_malloc": lambda img: optimized.predict([img]),
+        "predictor_plain": lambda img: plain.predict([img]),
+        "predictor_fold": lambda img: fold.predict([img]),
+    }
+    return runs, {"raw": lambda img: plain.predict_raw([img])[0]}
+
+
+def worker(conn, group: str, size: int, threads: int | None, images: int) -> None:
+    """One process group: builds its models, then answers the driver's commands until told to stop."""
+    if threads:
+        torch.set_num_threads(threads)
+    photos = [load_image(p) for p in PHOTOS[:images]]
+    runs, extra = build_group(group, size)
+    conn.send(("ready", torch.get_num_threads(), runtime.freed_memory_kept()))
+    while True:
+        command, *args = conn.recv()
+        if command == "stop":
+            return
+        if command == "time":
+            name, index = args
+            t0 = time.perf_counter()
+            runs[name](photos[index])
+            conn.send(time.perf_counter() - t0)
+        elif command == "raw":
+            conn.send(extra["raw"](photos[args[0]]))
+        elif command == "stages":
+            index, repeats = args
+            run = extra.get("run", extra["raw"])
+            conn.send(stage_times(extra["model"], run, photos[index], repeats))
 
 
 STAGES = {  # stage -> module paths whose forward time it sums
@@ -135,67 +231,79 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=len(PHOTOS), help=f"how many of the {len(PHOTOS)} photos")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["torchvision", "predictor", "predictor_raw"])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        default=["torchvision", "predictor", "torchvision_kept_memory", "predictor_default_malloc"])
     parser.add_argument("--stages", action="store_true", help="also time the stages (first photo)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    images = [load_image(p) for p in PHOTOS[: args.images]]
-    tv, predictors = build_models(args.size)
+    groups = list(dict.fromkeys(VARIANTS[name] for name in args.variants))
+    if args.stages:
+        groups += [g for g in ("tv", "ours") if g not in groups]
+    context = multiprocessing.get_context("spawn")
+    conns, processes = {}, []
+    try:
+        for group in groups:  # built one after the other, so the builds do not compete
+            parent, child = context.Pipe()
+            process = context.Process(target=worker, args=(child, group, args.size, args.threads, args.images), daemon=True)
+            process.start()
+            child.close()  # so a worker that dies ends recv() with EOFError instead of a hang
+            processes.append(process)
+            _, threads, kept = parent.recv()
+            conns[group] = parent
+            print(f"process {group}: {threads} threads, freed memory kept: {kept}", flush=True)
+        run(args, conns)
+    finally:
+        for conn in conns.values():
+            conn.send(("stop",))
+        for process in processes:
+            process.join(timeout=30)
 
-    def run_tv(img):
-        with torch.inference_mode():
-            return tv([image_to_tensor(img)])[0]
 
-    def run_tv_no_grad(img):
-        with torch.no_grad():
-            return tv([image_to_tensor(img)])[0]
+def run(args, conns) -> None:
+    """Agreement, then the interleaved timing, then (optionally) the stages."""
 
-    runs = {
-        "torchvision": run_tv,
-        "predictor": lambda img: predictors["optimized"].predict([img]),
-        "predictor_raw": lambda img: predictors["optimized"].predict_raw([img])[0],
-        "predictor_plain": lambda img: predictors["plain"].predict([img]),
-        "predictor_fold": lambda img: predictors["fold"].predict([img]),
-        "torchvision_no_grad": run_tv_no_grad,
-    }
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(images)} photos at {args.size} px, "
-          f"{args.repeats} repeats", flush=True)
+    def ask(group, *command):
+        conns[group].send(command)
+        return conns[group].recv()
 
+    print(f"torch {torch.__version__}, {args.images} photos at {args.size} px, {args.repeats} repeats", flush=True)
+    reference_group = next(g for g in ("tv", "tv_kept") if g in conns)
     print("\nagreement with torchvision (per photo):")
-    for index, img in enumerate(images):
-        reference = run_tv(img)
-        print(f"  photo {index}: optimized {agreement(reference, predictors['optimized'].predict_raw([img])[0])}")
-        print(f"  photo {index}: plain     {agreement(reference, predictors['plain'].predict_raw([img])[0])}", flush=True)
+    for index in range(args.images):
+        reference = ask(reference_group, "raw", index)
+        for group, label in (("ours", "optimized"), ("ours_malloc", "plain    ")):
+            if group in conns:
+                print(f"  photo {index}: {label} {agreement(reference, ask(group, 'raw', index))}", flush=True)
 
-    times = {name: [[] for _ in images] for name in args.variants}  # [variant][image] -> seconds per repeat
+    for name in args.variants:  # warm-up pass
+        for index in range(args.images):
+            ask(VARIANTS[name], "time", name, index)
+    times = {name: [[] for _ in range(args.images)] for name in args.variants}  # [variant][image] -> seconds
     for _ in range(args.repeats):
-        for index, img in enumerate(images):
+        for index in range(args.images):
             for name in args.variants:
-                t0 = time.perf_counter()
-                runs[name](img)
-                times[name][index].append(time.perf_counter() - t0)
+                times[name][index].append(ask(VARIANTS[name], "time", name, index))
 
     def total(name, pick):
         return sum(pick(per_image) for per_image in times[name])
 
-    base = total(args.variants[0], statistics.median)
-    print(f"\n| variant | seconds per photo (median) | min-max | speed-up vs {args.variants[0]} |")
-    print("|---|---:|---:|---:|")
+    bases = [args.variants[0]] + [n for n in ("torchvision_kept_memory",) if n in args.variants and n != args.variants[0]]
+    n = args.images
+    header = " | ".join(f"speed-up vs {b}" for b in bases)
+    print(f"\n| variant | seconds per photo (median) | min-max | {header} |")
+    print("|---|---:|---:|" + "---:|" * len(bases))
     for name in args.variants:
         med = total(name, statistics.median)
         lo, hi = total(name, min), total(name, max)
-        n = len(images)
-        print(f"| {name} | {med / n:.3f} | {lo / n:.3f}-{hi / n:.3f} | {base / med:.2f}x |")
+        ratios = " | ".join(f"{total(b, statistics.median) / med:.2f}x" for b in bases)
+        print(f"| {name} | {med / n:.3f} | {lo / n:.3f}-{hi / n:.3f} | {ratios} |")
 
     if args.stages:
-        theirs = stage_times(tv, run_tv, images[0], args.repeats)
-        ours = stage_times(predictors["optimized"].inference_model, runs["predictor"], images[0], args.repeats)
+        theirs = ask("tv", "stages", 0, args.repeats)
+        ours = ask("ours", "stages", 0, args.repeats)
         print("\n| stage (photo 0) | torchvision s | predictor s | speed-up |")
         print("|---|---:|---:|---:|")
         for key in theirs:
             print(f"| {key} | {theirs[key]:.3f} | {ours[key]:.3f} | {theirs[key] / ours[key]:.2f}x |")
-
 
 
 if __name__ == "__main__":

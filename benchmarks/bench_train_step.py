@@ -13,6 +13,10 @@ shows the median step time with min-max and images/s.
 
 Variants: torchvision (NCHW), ours (NCHW, the model as built), ours_channels_last (NHWC convolutions, as
 `mrcnn train` runs it on CPUs).
+
+`--keep-freed-memory` applies `mrcnn.runtime.keep_freed_memory()` to the process, so to every variant
+(`mrcnn train` applies it in its CPU workers): glibc's malloc then reuses freed memory instead of
+page-faulting it in again at every step. Run with and without it to see what it is worth.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mrcnn import runtime
 from mrcnn.config import get_preset
 from mrcnn.engine import train_step
 from mrcnn.modeling import build_model
@@ -98,14 +103,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="autocast dtype (GPU)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="apply mrcnn.runtime.keep_freed_memory() to this process (all variants), as `mrcnn train` "
+                             "does on CPUs")
     args = parser.parse_args()
+    if args.keep_freed_memory and not runtime.keep_freed_memory():
+        parser.error("keep_freed_memory() does not apply here (not glibc, or MRCNN_KEEP_FREED_MEMORY=0)")
     device = torch.device(args.device)
     models = {name: model for name, model in build(args.size, device).items() if name in args.variants}
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4) for name, model in models.items()}
     scaler = torch.amp.GradScaler(device.type) if args.dtype == "fp16" else None
     images, targets = make_batch(args.batch, args.size, device)
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, R50-FPN, {args.size} px, batch {args.batch}, "
-          f"{args.dtype}, {args.iters} timed steps after {args.warmup} warm-up", flush=True)
+          f"{args.dtype}, {args.iters} timed steps after {args.warmup} warm-up, freed memory kept: {runtime.freed_memory_kept()}",
+          flush=True)
 
     times: dict[str, list[float]] = {name: [] for name in models}
     for step in range(args.warmup + args.iters):

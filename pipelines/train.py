@@ -195,6 +195,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
+    from mrcnn import runtime
     from mrcnn.checkpoint import load_checkpoint, save_checkpoint
     from mrcnn.config import Config
     from mrcnn.data.categories import CategoryMap
@@ -219,6 +220,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # NHWC convolutions: 1.13x the training step on the 2-core CPU (benchmarks/bench_train_step.py).
         model = model.to(memory_format=torch.channels_last)
         model.channels_last = True
+        # glibc malloc keeps freed feature maps for reuse instead of page-faulting them in again on every
+        # step (mrcnn.runtime; bench_train_step.py --keep-freed-memory).
+        runtime.keep_freed_memory()
     optimizer = build_optimizer(model, cfg.solver, total_batch_size=run.batch_size * world_size)
     scaler = torch.amp.GradScaler("cuda") if run.amp == "fp16" else None
     autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[run.amp]

@@ -33,6 +33,7 @@ from mrcnn.modeling.mask_head import (
 from mrcnn.modeling.paste import paste_masks_binary
 from mrcnn.modeling.poolers import MultiScaleRoIPooler
 from mrcnn.modeling.roi_heads import _class_nms_top
+from mrcnn.modeling.winograd import WinogradConv2d
 from mrcnn.predictor import Predictor
 from tests.conftest import COCO_MINI_IMAGES, PHOTO
 from tests.mrcnn.modeling.inference_checks import assert_same_detections_up_to_rounding
@@ -163,6 +164,11 @@ def test_optimize_for_inference_folds_every_resnet50_norm():
     optimize_for_inference(model)
     assert model.channels_last and not model.training
     assert not any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in model.backbone.modules())
+    # Winograd for the 256+ channel 3x3 convolutions: 4 FPN outputs, the RPN head, 4 mask-head convs, and
+    # the stride-1 3x3s of ResNet stages 4 (5) and 5 (2).
+    winograd = [name for name, m in model.named_modules() if isinstance(m, WinogradConv2d)]
+    assert len(winograd) == 16
+    assert sum(name.startswith("roi_heads.mask_head") for name in winograd) == 4
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +200,7 @@ def test_optimized_predictor_matches_torchvision_on_real_photos(arch, photos):
     categories = CategoryMap.from_names([f"c{i}" for i in range(1, cfg.model.num_classes + 1)])
     predictor = Predictor(model, config=cfg, categories=categories, score_threshold=0.0)
     assert predictor.inference_model is not predictor.model and predictor.inference_model.channels_last
+    assert any(isinstance(m, WinogradConv2d) for m in predictor.inference_model.modules())
     with torch.inference_mode():
         references = [theirs([image_to_tensor(img)])[0] for img in photos]
     for photo, reference in zip(photos, references):

@@ -75,7 +75,12 @@ def optimize_for_inference(model: MaskRCNN, *, channels_last: bool = True, winog
     model.eval()
     fold_batchnorm(model)
     if winograd:
-        use_winograd(model)
+        # Where it measured faster in the model (benchmarks/RESULTS.md): the FPN outputs, the RPN head and the
+        # mask head; at run time only on inputs of at least MIN_TILES tiles (P2, P3 and the RoI batch).
+        # The ResNet stages' 3x3s (14x17 tiles at most) ran as fast or faster direct.
+        for part in (getattr(model.backbone, "fpn", None), model.rpn, model.roi_heads.mask_head):
+            if part is not None:
+                use_winograd(part)
     if channels_last:
         for part in (model.backbone, model.rpn, model.roi_heads.mask_head, model.roi_heads.mask_predictor):
             if part is not None:

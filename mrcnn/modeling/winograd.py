@@ -42,10 +42,11 @@ _BT2 = torch.tensor([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
 _G2 = torch.tensor([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=torch.float64)
 _AT2 = torch.tensor([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=torch.float64)
 _TRANSFORMS = {4: (_BT, _G, _AT), 2: (_BT2, _G2, _AT2)}  # output tile side -> (B^T, G, A^T)
-# Below these the direct convolution was as fast or faster on the 2-core CPU (benchmarks/RESULTS.md):
-# 64 and 128 channels at 200x272 and 100x136 px, and 256 channels on fewer than 48 tiles (e.g. 13x17 px).
+# Below these the direct convolution was as fast or faster on the 2-core CPU, inside R50-FPN at 800 px
+# (benchmarks/RESULTS.md): 64 and 128 channels, and 256 or 512 channels on 50x68 px or smaller maps
+# (221 tiles and fewer). P2 (3350 tiles), P3 (850) and the mask head (100 RoIs x 16 tiles) gain.
 MIN_CHANNELS = 256
-MIN_TILES = 48
+MIN_TILES = 512
 
 
 def winograd_eligible(conv: nn.Module) -> bool:
@@ -73,9 +74,9 @@ def _packed_gemm_available() -> bool:
 class WinogradConv2d(nn.Module):
     """Drop-in replacement for an eligible ``nn.Conv2d`` at inference (same output up to rounding).
 
-    It computes on the CPU without autograd, for inputs of at least ``min_tiles`` 4x4 output tiles;
-    otherwise (a GPU, gradients needed, a small input) it runs the original convolution, whose weights
-    it keeps. Input and output follow the input's memory format.
+    It computes on the CPU without autograd or autocast, for inputs of at least ``min_tiles`` output
+    tiles; otherwise (a GPU, gradients needed, reduced precision, a small input) it runs the original
+    convolution, whose weights it keeps. Input and output follow the input's memory format.
     """
 
     def __init__(self, conv: nn.Conv2d, *, tile: int = 4, min_tiles: int = MIN_TILES):
@@ -122,10 +123,19 @@ class WinogradConv2d(nn.Module):
         n, c, h, w = x.shape
         t, alpha = self.tile, self.alpha
         th, tw = -(-h // t), -(-w // t)
-        if x.device.type != "cpu" or torch.is_grad_enabled() or x.dtype != self.u.dtype or n * th * tw < self.min_tiles:
+        if (
+            x.device.type != "cpu"
+            or torch.is_grad_enabled()
+            or torch.is_autocast_enabled("cpu")
+            or x.dtype != self.u.dtype
+            or n * th * tw < self.min_tiles
+        ):
             return self.conv(x)
         hp, wp = t * th + 2, t * tw + 2
-        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        # Output layout as the convolution's: channels-last if the input or the weight is (PyTorch's rule).
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) or self.conv.weight.is_contiguous(
+            memory_format=torch.channels_last
+        )
         # Zero-padded NHWC input, [n, hp, wp, c]: one pixel of padding, then up to whole tiles.
         xp = x.new_zeros(n, hp, wp, c)
         xp[:, 1 : h + 1, 1 : w + 1] = x.permute(0, 2, 3, 1)

@@ -164,10 +164,9 @@ def test_optimize_for_inference_folds_every_resnet50_norm():
     optimize_for_inference(model)
     assert model.channels_last and not model.training
     assert not any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in model.backbone.modules())
-    # Winograd for the 256+ channel 3x3 convolutions: 4 FPN outputs, the RPN head, 4 mask-head convs, and
-    # the stride-1 3x3s of ResNet stages 4 (5) and 5 (2).
+    # Winograd for the 3x3 convolutions of the FPN outputs (4), the RPN head (1) and the mask head (4).
     winograd = [name for name, m in model.named_modules() if isinstance(m, WinogradConv2d)]
-    assert len(winograd) == 16
+    assert len(winograd) == 9
     assert sum(name.startswith("roi_heads.mask_head") for name in winograd) == 4
 
 

@@ -51,6 +51,15 @@ def test_falls_back_to_the_convolution_with_gradients():
     assert x.grad is not None and conv.weight.grad is not None
 
 
+def test_falls_back_under_autocast_and_on_small_inputs():
+    conv = nn.Conv2d(4, 4, 3, padding=1).eval()
+    x = torch.randn(1, 4, 8, 8)
+    with torch.inference_mode():
+        assert torch.equal(WinogradConv2d(conv, min_tiles=5)(x), conv(x))  # 4 tiles
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(WinogradConv2d(conv, min_tiles=0)(x), conv(x))
+
+
 def test_eligibility():
     assert winograd_eligible(nn.Conv2d(4, 4, 3, padding=1))
     for conv in (

@@ -36,6 +36,8 @@ Variants (process in brackets):
 `--stages` also prints where the time goes (backbone+FPN, RPN, box branch, mask branch, the rest:
 post-processing, pasting, RLE) for torchvision and the default predictor, from module hooks.
 
+The table also counts the minor page faults per call (memory the kernel maps in and zeroes).
+
 It also checks that the outputs agree: same labels in the same order, largest box and score differences,
 and the smallest per-instance mask IoU against torchvision's masks thresholded at 0.5.
 """
@@ -45,6 +47,7 @@ from __future__ import annotations
 import argparse
 import copy
 import multiprocessing
+import resource
 import statistics
 import sys
 import time
@@ -158,9 +161,10 @@ def worker(conn, group: str, size: int, threads: int | None, images: int) -> Non
             return
         if command == "time":
             name, index = args
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             runs[name](photos[index])
-            conn.send(time.perf_counter() - t0)
+            conn.send((time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
         elif command == "raw":
             conn.send(extra["raw"](photos[args[0]]))
         elif command == "stages":
@@ -278,10 +282,13 @@ def run(args, conns) -> None:
         for index in range(args.images):
             ask(VARIANTS[name], "time", name, index)
     times = {name: [[] for _ in range(args.images)] for name in args.variants}  # [variant][image] -> seconds
+    faults = {name: [] for name in args.variants}  # minor page faults per call
     for _ in range(args.repeats):
         for index in range(args.images):
             for name in args.variants:
-                times[name][index].append(ask(VARIANTS[name], "time", name, index))
+                seconds, count = ask(VARIANTS[name], "time", name, index)
+                times[name][index].append(seconds)
+                faults[name].append(count)
 
     def total(name, pick):
         return sum(pick(per_image) for per_image in times[name])
@@ -289,13 +296,13 @@ def run(args, conns) -> None:
     bases = [args.variants[0]] + [n for n in ("torchvision_kept_memory",) if n in args.variants and n != args.variants[0]]
     n = args.images
     header = " | ".join(f"speed-up vs {b}" for b in bases)
-    print(f"\n| variant | seconds per photo (median) | min-max | {header} |")
-    print("|---|---:|---:|" + "---:|" * len(bases))
+    print(f"\n| variant | seconds per photo (median) | min-max | page faults per photo (median) | {header} |")
+    print("|---|---:|---:|---:|" + "---:|" * len(bases))
     for name in args.variants:
         med = total(name, statistics.median)
         lo, hi = total(name, min), total(name, max)
         ratios = " | ".join(f"{total(b, statistics.median) / med:.2f}x" for b in bases)
-        print(f"| {name} | {med / n:.3f} | {lo / n:.3f}-{hi / n:.3f} | {ratios} |")
+        print(f"| {name} | {med / n:.3f} | {lo / n:.3f}-{hi / n:.3f} | {statistics.median(faults[name]):.0f} | {ratios} |")
 
     if args.stages:
         theirs = ask("tv", "stages", 0, args.repeats)

@@ -139,9 +139,10 @@ def server(tmp_path_factory):
 
 @pytest.mark.slow
 def test_ablate_end_to_end_with_child_runs_and_a_failing_variant(tmp_path, server, monkeypatch, capsys):
-    """A tiny budget (2 steps, 6 images of 64 px): every variant trains through Ray Train into its own MLflow child
-    run; a variant that crashes in the workers is in the table as failed, its child run FAILED, and the others
-    are unaffected."""
+    """A tiny budget (2 steps, 6 images of 64 px): each chosen variant trains through Ray Train into its own MLflow
+    child run; a variant that crashes in the workers is in the table as failed, its child run FAILED, and the others
+    are unaffected. Three variants keep it short (each is a Ray Train launch): the baseline, one without masks
+    (Faster R-CNN: no segm metrics) and the broken one; the rest differ only in their config overrides."""
     import ray
     from mlflow.tracking import MlflowClient
 
@@ -158,7 +159,7 @@ def test_ablate_end_to_end_with_child_runs_and_a_failing_variant(tmp_path, serve
     try:
         code = main(["ablate", "--out", str(out), "--train", "4", "--val", "2", "--size", "64", "--steps-per-variant", "2",
                      "--workers", "1", "--batch-size", "2", "--tracking-uri", server.tracking_uri, "--max-failures", "0",
-                     *overrides])  # fmt: skip
+                     "--variants", "baseline,mask_off,broken", *overrides])  # fmt: skip
     finally:
         ray.shutdown()
     printed = capsys.readouterr().out
@@ -167,14 +168,14 @@ def test_ablate_end_to_end_with_child_runs_and_a_failing_variant(tmp_path, serve
     assert summary["failed"] == ["broken"]
 
     report = json.loads((out / "ablation.json").read_text())
-    names = [*VARIANTS]
+    names = ["baseline", "mask_off", "broken"]
     assert list(report["variants"]) == names
     table = (out / "ablation.md").read_text()
     assert table.strip() in printed  # printed as written
     for name in names:
         assert f"| `{name}` |" in table
     assert "| `broken` | failed: " in table
-    assert {c["name"] for c in report["comparisons"]} == {"alignment", "mask_output", "mask_head", "multi_task"}
+    assert {c["name"] for c in report["comparisons"]} == {"multi_task"}  # the only pair among the three
 
     client = MlflowClient(server.tracking_uri)
     parent = client.get_run(summary["parent_run_id"])

@@ -92,22 +92,19 @@ def build_torchvision(size: int):
     ).eval()
 
 
-def build_predictor(
-    tv, size: int, *, optimize: bool, keep_freed_memory: bool, fold_only: bool = False, winograd: bool = True
-) -> Predictor:
-    """Our R50-FPN predictor over torchvision's weights."""
+def build_predictor(tv, size: int, *, keep_freed_memory: bool, optimize: bool | dict = True) -> Predictor:
+    """Our R50-FPN predictor over torchvision's weights. ``optimize``: True for the default optimized copy,
+    False for the model as loaded, or ``optimize_for_inference`` keyword arguments for a partial rewrite."""
     cfg = get_preset("r50_fpn").replace(
         **{"model.input.min_size": [size], "model.input.max_size": int(size * 1333 / 800), "model.box_head.score_thresh": 0.0}
     )
     categories = CategoryMap.from_names([f"c{i}" for i in range(1, cfg.model.num_classes + 1)])
     model = build_model(cfg)
     model.load_state_dict(copy.deepcopy(tv.state_dict()))
-    predictor = Predictor(model, config=cfg, categories=categories, score_threshold=0.0, optimize=optimize,
+    predictor = Predictor(model, config=cfg, categories=categories, score_threshold=0.0, optimize=optimize is True,
                           keep_freed_memory=keep_freed_memory)
-    if fold_only:
-        optimize_for_inference(predictor.inference_model, channels_last=False, winograd=False)
-    elif not winograd:
-        optimize_for_inference(predictor.inference_model, winograd=False)
+    if isinstance(optimize, dict):
+        optimize_for_inference(predictor.inference_model, **optimize)
     return predictor
 
 
@@ -129,17 +126,17 @@ def build_group(group: str, size: int) -> tuple[dict, dict]:
         runs = {"torchvision": run_tv, "torchvision_no_grad": run_tv_no_grad, "torchvision_kept_memory": run_tv}
         return runs, {"raw": run_tv, "model": tv}
     if group == "ours":
-        predictor = build_predictor(tv, size, optimize=True, keep_freed_memory=True)
-        direct = build_predictor(tv, size, optimize=False, keep_freed_memory=True, winograd=False)
+        predictor = build_predictor(tv, size, keep_freed_memory=True)
+        direct = build_predictor(tv, size, keep_freed_memory=True, optimize={"winograd": False})
         runs = {
             "predictor": lambda img: predictor.predict([img]),
             "predictor_raw": lambda img: predictor.predict_raw([img])[0],
             "predictor_no_winograd": lambda img: direct.predict([img]),
         }
         return runs, {"raw": runs["predictor_raw"], "model": predictor.inference_model, "run": runs["predictor"]}
-    optimized = build_predictor(tv, size, optimize=True, keep_freed_memory=False)
-    plain = build_predictor(tv, size, optimize=False, keep_freed_memory=False)
-    fold = build_predictor(tv, size, optimize=False, keep_freed_memory=False, fold_only=True)
+    optimized = build_predictor(tv, size, keep_freed_memory=False)
+    plain = build_predictor(tv, size, keep_freed_memory=False, optimize=False)
+    fold = build_predictor(tv, size, keep_freed_memory=False, optimize={"channels_last": False, "winograd": False})
     runs = {
         "predictor_default_malloc": lambda img: optimized.predict([img]),
         "predictor_plain": lambda img: plain.predict([img]),
@@ -240,6 +237,8 @@ def main() -> None:
     parser.add_argument("--stages", action="store_true", help="also time the stages (first photo)")
     args = parser.parse_args()
     groups = list(dict.fromkeys(VARIANTS[name] for name in args.variants))
+    if not {"tv", "tv_kept"} & set(groups):
+        groups.append("tv")  # the reference for the agreement check
     if args.stages:
         groups += [g for g in ("tv", "ours") if g not in groups]
     context = multiprocessing.get_context("spawn")

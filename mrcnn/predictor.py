@@ -87,7 +87,8 @@ class Predictor:
         mask_threshold: mask probability at which a pixel belongs to the instance.
         autocast_dtype: run under ``torch.autocast`` with this dtype (e.g. torch.bfloat16 on a GPU).
         optimize: run a copy of the model rewritten for inference (``mrcnn.modeling.inference``: BatchNorm
-            folded into the convolutions, channels-last); same detections up to float rounding, faster.
+            folded into the convolutions, channels-last, Winograd 3x3s); same detections up to float rounding,
+            faster.
             ``model`` itself is left as it is (it can still be saved or trained). Pass False to run
             ``model`` exactly as given.
         keep_freed_memory: on a CPU, make this process's malloc keep freed memory for reuse

@@ -217,7 +217,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if run.use_gpu and world_size > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif not run.use_gpu:
-        # NHWC convolutions: 1.13x the training step on the 2-core CPU (benchmarks/bench_train_step.py).
+        # NHWC convolutions (1.13x the training step on the 2-core CPU with glibc's default malloc,
+        # benchmarks/bench_train_step.py).
         model = model.to(memory_format=torch.channels_last)
         model.channels_last = True
         # glibc malloc keeps freed feature maps for reuse instead of page-faulting them in again on every

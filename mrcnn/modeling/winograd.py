@@ -17,8 +17,9 @@ checks the error against a float64 convolution, and the predictor tests check th
 
 from __future__ import annotations
 
+import functools
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrcnn import runtime
@@ -64,7 +65,9 @@ def winograd_eligible(conv: nn.Module) -> bool:
     )
 
 
+@functools.cache
 def _packed_gemm_available() -> bool:
+    """Whether this torch build has oneDNN's packed GEMM (checked once per process)."""
     try:
         w = torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8), 8)
         torch.ops.mkldnn._linear_pointwise(torch.zeros(2, 8), w, None, "none", [], "")
@@ -181,8 +184,3 @@ def use_winograd(module: nn.Module, *, tile: int = 4, min_channels: int = MIN_CH
                 replaced += 1
     return replaced
 
-
-def winograd_reference(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """The float64 convolution the tests measure both paths against."""
-    bias = None if conv.bias is None else conv.bias.double()
-    return F.conv2d(x.double(), conv.weight.double(), bias, padding=1)

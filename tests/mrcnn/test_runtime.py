@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc malloc only")
 
-# Page faults of allocating, touching and freeing a 64 MiB tensor 10 times, before and after the call
-# under test (``CALL``).
+# Page faults of allocating, touching and freeing a 64 MiB tensor 10 times, before and after the statement
+# under test (``CALL``, which sets ``result``).
 SCRIPT = r"""
 import json, resource, sys
 import torch
@@ -35,18 +35,21 @@ def faults():
 
 from mrcnn import runtime
 before = faults()
-result = CALL
+CALL
 faults()  # the heap grows to hold the block once
 after = faults()
 print(json.dumps({"result": result, "kept": runtime.freed_memory_kept(), "before": before, "after": after}))
 """
 
-PREDICTOR = (
-    "__import__('mrcnn.predictor', fromlist=['Predictor']).Predictor(__import__('mrcnn.modeling', fromlist=['x'])"
-    ".build_model(__import__('mrcnn.config', fromlist=['x']).get_preset('r18_fpn_small')), "
-    "config=__import__('mrcnn.config', fromlist=['x']).get_preset('r18_fpn_small'), "
-    "categories=__import__('mrcnn.data.categories', fromlist=['x']).CategoryMap.from_names(['a', 'b', 'c']){kwargs}) and None"
-)
+PREDICTOR = """
+from mrcnn.config import get_preset
+from mrcnn.data.categories import CategoryMap
+from mrcnn.modeling import build_model
+from mrcnn.predictor import Predictor
+cfg = get_preset("r18_fpn_small")
+Predictor(build_model(cfg), config=cfg, categories=CategoryMap.from_names(["a", "b", "c"]){kwargs})
+result = None
+"""
 
 
 def _run(call: str, **env: str) -> dict:
@@ -59,7 +62,7 @@ def _run(call: str, **env: str) -> dict:
 
 
 def test_keep_freed_memory_stops_the_page_faults():
-    out = _run("runtime.keep_freed_memory()")
+    out = _run("result = runtime.keep_freed_memory()")
     assert out["result"] is True and out["kept"] is True
     # 10 x 64 MiB touched = about 164k faults of 4 KiB pages with glibc's default (a fresh mmap each time);
     # afterwards the block stays in the heap and is reused (0 faults measured here).
@@ -68,7 +71,7 @@ def test_keep_freed_memory_stops_the_page_faults():
 
 
 def test_environment_variable_turns_it_off():
-    out = _run("runtime.keep_freed_memory()", MRCNN_KEEP_FREED_MEMORY="0")
+    out = _run("result = runtime.keep_freed_memory()", MRCNN_KEEP_FREED_MEMORY="0")
     assert out["result"] is False and out["kept"] is False
     assert out["after"] > out["before"] / 2
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mrcnn import runtime
-from mrcnn.modeling.winograd import (
-    WinogradConv2d,
-    winograd_eligible,
-    winograd_reference,
-)
+from mrcnn.modeling.winograd import WinogradConv2d, winograd_eligible
+
+
+def winograd_reference(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """The float64 convolution both paths are measured against."""
+    bias = None if conv.bias is None else conv.bias.double()
+    return F.conv2d(x.double(), conv.weight.double(), bias, padding=1)
 
 
 @pytest.mark.parametrize("tile", [4, 2])

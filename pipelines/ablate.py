@@ -20,13 +20,15 @@ import json
 import os
 import re
 import statistics
-import sys
 import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pipelines.common.progress import StageLog
+from pipelines.common.storage import write_atomic
 
 BASELINE = "baseline"
 # The default budget: about 6 min per variant for r18_fpn_small with 2 CPU workers x 4 images (25 steps/min),
@@ -102,8 +104,7 @@ COMPARISONS: tuple[Comparison, ...] = (
 )  # fmt: skip
 
 
-def _log(message: str) -> None:
-    print(f"[ablate] {message}", file=sys.stderr, flush=True)
+_log = StageLog("ablate")
 
 
 def parse_variants(names: str | Sequence[str] | None) -> list[Variant]:
@@ -365,9 +366,7 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / TABLE_MD, "json": out / TABLE_JSON, "plot": out / PLOT_PNG}
     for key, text in (("markdown", format_markdown(report)), ("json", json.dumps(report, indent=1) + "\n")):
-        tmp = paths[key].with_name(paths[key].name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, paths[key])
+        write_atomic(paths[key], text)
     write_plot(report, paths["plot"])
     return paths
 
@@ -573,8 +572,7 @@ def run_ablation(config: AblationConfig) -> AblationResult:
         ValueError: a bad setting, or the data cannot be found. A variant that fails to train does not raise:
             it is reported as failed in the table.
     """
-    import ray
-
+    from pipelines.common import ray_session
     from pipelines.tracking import Tracker, default_tracking_uri
 
     config = config.validate()
@@ -583,11 +581,7 @@ def run_ablation(config: AblationConfig) -> AblationResult:
     out.mkdir(parents=True, exist_ok=True)
     tracking_uri = config.tracking_uri or default_tracking_uri(out)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    started_ray = False
-    if not ray.is_initialized():
-        ray.init(address=config.ray_address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
-        started_ray = True
-    try:
+    with ray_session(config.ray_address):
         shards, data_description = prepare_data(
             config.data, out, num_train=config.num_train, num_val=config.num_val, size=config.size,
             difficulty=config.difficulty, data_seed=config.data_seed,
@@ -638,9 +632,6 @@ def run_ablation(config: AblationConfig) -> AblationResult:
             failed = [name for name, v in report["variants"].items() if v["status"] != "finished"]
             if failed:
                 parent.set_tags({"mrcnn.ablation.failed_variants": ",".join(failed)})
-    finally:
-        if started_ray:
-            ray.shutdown()
     return AblationResult(report=report, paths=paths, parent_run_id=parent.run_id, tracking_uri=tracking_uri)
 
 

@@ -9,15 +9,15 @@ validation images with that model, writing overlays;  6. a summary (last line pr
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from pipelines.common.progress import StageLog
 
 NUM_OVERLAYS = 6
 
 
-def _log(message: str) -> None:
-    print(f"[demo] {message}", file=sys.stderr, flush=True)
+_log = StageLog("demo")
 
 
 def run_demo(
@@ -32,13 +32,13 @@ def run_demo(
     ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the summary (also written to ``WORKDIR/summary.json``)."""
-    import ray
     from PIL import Image
 
     from mrcnn.data.images import load_image
     from mrcnn.data.synthetic import make_synthetic_coco
     from mrcnn.predictor import Predictor
     from mrcnn.visualize import draw_detections
+    from pipelines.common import ray_session, write_atomic
     from pipelines.preprocess import preprocess_dataset
     from pipelines.tracking import (
         default_tracking_uri,
@@ -50,11 +50,7 @@ def run_demo(
     root = Path(workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     tracking_uri = default_tracking_uri(root)
-    started_ray = False
-    if not ray.is_initialized():
-        ray.init(address=ray_address, log_to_driver=True)  # the dashboard serves the state API Ray Train polls
-        started_ray = True
-    try:
+    with ray_session(ray_address):
         _log(f"1/6 synthetic dataset ({num_train} train, {num_val} val) -> {root / 'data'}")
         make_synthetic_coco(root / "data", num_train=num_train, num_val=num_val, seed=seed)
 
@@ -94,9 +90,6 @@ def run_demo(
             image = load_image(path)
             detections = predictor.predict([image])[0]
             Image.fromarray(draw_detections(image, detections)).save(overlay_dir / path.name)
-    finally:
-        if started_ray:
-            ray.shutdown()
 
     summary = {
         "segm_AP": round(segm.get("AP", -1.0), 2),
@@ -113,7 +106,7 @@ def run_demo(
         "overlays": str(overlay_dir),
         "workdir": str(root),
     }
-    (root / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_atomic(root / "summary.json", json.dumps(summary, indent=1))
     _log(
         f"6/6 done. segm AP {summary['segm_AP']}, bbox AP {summary['bbox_AP']}. MLflow store: {tracking_uri}\n"
         f"       browse it with: mlflow ui --backend-store-uri {tracking_uri}"

@@ -37,8 +37,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +51,7 @@ from mrcnn.data.categories import CategoryMap
 from mrcnn.data.coco import CocoLoadResult, load_coco
 from mrcnn.data.images import ImageDecodeError, decode_image
 from mrcnn.records import SHARD_COLUMNS
+from pipelines.common.session import ray_session
 from pipelines.shards import (
     CATEGORIES_FILE,
     SHARD_FILE_PATTERN,
@@ -163,24 +163,6 @@ class PreprocessSummary:
         lines.append(f"  rejects: {self.rejects_path}")
         lines.append(f"  summary: {self.summary_path}")
         return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- Ray session
-@contextmanager
-def ray_session(address: str | None = None) -> Iterator[None]:
-    """Use the connected Ray; else ``ray.init(address)`` (``RAY_ADDRESS``, else a local Ray) and
-    disconnect at the end. A cluster that was running before is never shut down: ``ray.shutdown``
-    only disconnects this driver from it."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or None)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 # ---------------------------------------------------------------- tasks

@@ -46,9 +46,7 @@ import hashlib
 import io
 import json
 import os
-import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -61,17 +59,24 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipelines.common.progress import StageLog
 from mrcnn.data.images import ImageDecodeError, decode_image
 from mrcnn.records import SEGMENT_COLUMNS, coco_result, detection_record
-from pipelines.preprocess import ray_session
-from pipelines.shards import (
-    SHARD_FILE_PATTERN,
-    columns_schema,
+from pipelines.common.session import ray_session
+from pipelines.common.storage import (
+    IMAGE_SUFFIXES,
     display_path,
+    is_file,
+    is_image_name,
+    is_tmp,
     join_path,
+    list_files,
     read_bytes,
     resolve_path,
+    tmp_path,
+    write_atomic,
 )
+from pipelines.shards import SHARD_FILE_PATTERN, columns_schema
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -86,7 +91,6 @@ __all__ = [
 DEFAULT_BATCH_SIZE = 2  # images per forward pass (as `mrcnn predict`)
 DEFAULT_PART_SIZE = 32  # images per map_batches call, and per part file
 FORMATS = ("coco", "parquet", "both")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 MANIFEST_FILE = "_segment.json"
 SUMMARY_FILE = "_summary.json"
@@ -214,36 +218,6 @@ class SegmentSummary:
 
 
 # ---------------------------------------------------------------- files
-def _tmp_path(path: str) -> str:
-    """A hidden temporary beside ``path``: ``dir/.name.tmp-<random>``."""
-    parent, name = path.rsplit("/", 1)
-    return f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
-
-
-def _is_tmp(base_name: str) -> bool:
-    return base_name.startswith(".") and ".tmp-" in base_name
-
-
-def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write ``data`` to a hidden temporary beside ``path``, then rename it over ``path``.
-
-    A reader sees either the old file or the whole new one, never a partial one.
-    """
-    tmp = _tmp_path(path)
-    with fs.open_output_stream(tmp) as stream:
-        stream.write(data)
-    fs.move(tmp, path)
-
-
-def _is_file(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type == pafs.FileType.File
-
-
-def _list_files(fs: pafs.FileSystem, folder: str, *, recursive: bool) -> list[pafs.FileInfo]:
-    selector = pafs.FileSelector(folder, recursive=recursive, allow_not_found=True)
-    return [info for info in fs.get_file_info(selector) if info.type == pafs.FileType.File]
-
-
 def _table_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
@@ -433,7 +407,7 @@ class SegmentWorker:
         Image.fromarray(draw_detections(image, records, skeletons=skeletons)).save(buffer, format="PNG")
         path = join_path(self.out_root, OVERLAYS_DIR, name)
         self.out_fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        _write_atomic(self.out_fs, path, buffer.getvalue())
+        write_atomic(path, buffer.getvalue(), fs=self.out_fs)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Segment one batch of input rows, write its part file, return one status row per image.
@@ -476,7 +450,7 @@ class SegmentWorker:
         part = part_file_name(r["key"] for r in out_rows)
         table = pa.Table.from_pylist(out_rows, schema=self.schema)
         parts_dir = join_path(self.out_root, PARTS_DIR)
-        _write_atomic(self.out_fs, join_path(parts_dir, part), _table_bytes(table))
+        write_atomic(join_path(parts_dir, part), _table_bytes(table), fs=self.out_fs)
         return pa.table(
             {
                 "key": [r["key"] for r in out_rows],
@@ -557,20 +531,20 @@ def _open_input(source: str | os.PathLike, out_fs: pafs.FileSystem, out_root: st
     if info.type != pafs.FileType.Directory:
         raise FileNotFoundError(f"input folder not found: {shown} (expected a folder of images or of shard files)")
     resolved = display_path(source, fs, root)
-    files = _list_files(fs, root, recursive=False)
+    files = list_files(fs, root, recursive=False)
     shard_files = sorted(f.path for f in files if SHARD_FILE_PATTERN.fullmatch(f.base_name))
     if shard_files:
         return _list_shard_rows(source, fs, shard_files, shown, resolved)
 
     same_fs = type(fs) is type(out_fs)
     keys, paths, ignored = [], [], 0
-    for entry in _list_files(fs, root, recursive=True):
+    for entry in list_files(fs, root, recursive=True):
         relative = entry.path[len(root) :].lstrip("/")
         if same_fs and (entry.path == out_root or entry.path.startswith(out_root.rstrip("/") + "/")):
             continue  # our own outputs (overlays) inside the input folder
         if any(part.startswith(".") for part in relative.split("/")):
             continue
-        if PurePosixPath(relative).suffix.lower() not in IMAGE_SUFFIXES:
+        if not is_image_name(relative):
             ignored += 1
             continue
         keys.append(relative)
@@ -609,7 +583,7 @@ def _clear_outputs(fs: pafs.FileSystem, root: str) -> None:
         if fs.get_file_info(join_path(root, name)).type == pafs.FileType.Directory:
             fs.delete_dir(join_path(root, name))
     for name in (RESULTS_FILE, DETECTIONS_FILE, REJECTS_FILE, SUMMARY_FILE, MANIFEST_FILE):
-        if _is_file(fs, join_path(root, name)):
+        if is_file(fs, join_path(root, name)):
             fs.delete_file(join_path(root, name))
 
 
@@ -619,7 +593,7 @@ def _prepare_out(fs: pafs.FileSystem, root: str, shown: str, manifest: dict, ove
     parts_dir = join_path(root, PARTS_DIR)
     if overwrite:
         _clear_outputs(fs, root)
-    elif _is_file(fs, path):
+    elif is_file(fs, path):
         try:
             previous = json.loads(read_bytes(fs, path))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -631,22 +605,22 @@ def _prepare_out(fs: pafs.FileSystem, root: str, shown: str, manifest: dict, ove
                 f"{shown} holds results of a different run ({details}); resuming needs the same input, model and "
                 f"options: use another --out, or --overwrite to discard them"
             )
-    elif fs.get_file_info(parts_dir).type == pafs.FileType.Directory and _list_files(fs, parts_dir, recursive=False):
+    elif fs.get_file_info(parts_dir).type == pafs.FileType.Directory and list_files(fs, parts_dir, recursive=False):
         raise ValueError(f"{shown}: has part files but no {MANIFEST_FILE}; use --overwrite to discard them")
     fs.create_dir(parts_dir, recursive=True)
-    stale = _list_files(fs, root, recursive=False) + _list_files(fs, parts_dir, recursive=False)
-    stale += _list_files(fs, join_path(root, OVERLAYS_DIR), recursive=True)
+    stale = list_files(fs, root, recursive=False) + list_files(fs, parts_dir, recursive=False)
+    stale += list_files(fs, join_path(root, OVERLAYS_DIR), recursive=True)
     for info in stale:
-        if _is_tmp(info.base_name):
+        if is_tmp(info.base_name):
             fs.delete_file(info.path)  # a write that a crash interrupted
-    _write_atomic(fs, path, (json.dumps(manifest, indent=1) + "\n").encode())
+    write_atomic(path, json.dumps(manifest, indent=1) + "\n", fs=fs)
 
 
 def _part_paths(fs: pafs.FileSystem, root: str) -> list[str]:
     parts_dir = join_path(root, PARTS_DIR)
     return sorted(
         info.path
-        for info in _list_files(fs, parts_dir, recursive=False)
+        for info in list_files(fs, parts_dir, recursive=False)
         if info.base_name.startswith("part-") and info.base_name.endswith(".parquet")
     )
 
@@ -698,7 +672,7 @@ def _assemble(fs: pafs.FileSystem, root: str, shown: str, formats: str) -> dict[
     want_parquet = formats in ("parquet", "both")
     schema = segment_schema()
     outputs = {name: join_path(root, name) for name in (RESULTS_FILE, DETECTIONS_FILE, REJECTS_FILE)}
-    tmp = {name: _tmp_path(path) for name, path in outputs.items()}
+    tmp = {name: tmp_path(path) for name, path in outputs.items()}
     rejects: Counter = Counter()
     num_results = num_detections = 0
     coco_stream = fs.open_output_stream(tmp[RESULTS_FILE]) if want_coco else None
@@ -747,7 +721,7 @@ def _assemble(fs: pafs.FileSystem, root: str, shown: str, formats: str) -> dict[
         if wanted:
             fs.move(tmp[name], outputs[name])
             shown_outputs[kind] = f"{shown}/{name}"
-        elif _is_file(fs, outputs[name]):
+        elif is_file(fs, outputs[name]):
             fs.delete_file(outputs[name])  # another --format's file from an earlier run: it would be stale
     return {
         "num_results": num_results,
@@ -801,8 +775,7 @@ def _build_dataset(inp: _Input, done: set[str], part_size: int):
     return ray.data.from_arrow(blocks), table.num_rows
 
 
-def _log(message: str) -> None:
-    print(f"segment: {message}", file=sys.stderr, flush=True)
+_log = StageLog("segment", prefix="segment: ")
 
 
 def segment(
@@ -958,5 +931,5 @@ def segment(
         seconds=time.perf_counter() - start,
         pipeline_seconds=pipeline_seconds,
     )
-    _write_atomic(out_fs, join_path(out_root, SUMMARY_FILE), (json.dumps(summary.to_dict(), indent=1) + "\n").encode())
+    write_atomic(join_path(out_root, SUMMARY_FILE), json.dumps(summary.to_dict(), indent=1) + "\n", fs=out_fs)
     return summary

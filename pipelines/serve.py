@@ -694,40 +694,34 @@ def run_server(
     Returns:
         The endpoint's URL.
     """
-    import ray
+    from pipelines.common.session import ray_session, session_is_local
 
-    started_ray = False
-    if not ray.is_initialized():
-        # Without an address this process starts its own Ray (never joining another process's local
-        # one, which it would shut down on exit); ``auto`` joins the cluster of ``ray start``.
-        address = ray_address or os.environ.get("RAY_ADDRESS") or "local"
-        ray.init(address=address, log_to_driver=True)
-        started_ray = address == "local"
-    if detach and started_ray:
+    local = session_is_local(ray_address)
+    if detach and local:
         raise ValueError("serve --detach needs a running cluster (--address or RAY_ADDRESS): a local Ray ends with this process")
     url = f"http://{host}:{port}/"
     leave_running = False
-    try:
-        serve.start(http_options={"host": host, "port": port})
-        print(f"mrcnn serve: deploying {config.model} ({_scaling_text(config)}) ...", flush=True)
-        serve.run(build_app(config), name=app_name, route_prefix="/")
-        token_note = " (bearer token required)" if config.token or os.environ.get(TOKEN_ENV) else ""
-        print(f"mrcnn serve: ready at {url} (web page), POST {url}v1/segment, GET {url}v1/model{token_note}", flush=True)
-        if detach:
-            leave_running = True
-            return url
-        deadline = None if wait_s is None else time.monotonic() + wait_s
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.5 if deadline is None else min(0.5, max(0.0, deadline - time.monotonic())))
-    except KeyboardInterrupt:
-        print("mrcnn serve: stopping", flush=True)
-    finally:
-        if not leave_running:
-            if started_ray:
-                serve.shutdown()
-                ray.shutdown()
-            else:
-                serve.delete(app_name)
+    with ray_session(ray_address):
+        try:
+            serve.start(http_options={"host": host, "port": port})
+            print(f"mrcnn serve: deploying {config.model} ({_scaling_text(config)}) ...", flush=True)
+            serve.run(build_app(config), name=app_name, route_prefix="/")
+            token_note = " (bearer token required)" if config.token or os.environ.get(TOKEN_ENV) else ""
+            print(f"mrcnn serve: ready at {url} (web page), POST {url}v1/segment, GET {url}v1/model{token_note}", flush=True)
+            if detach:
+                leave_running = True
+                return url
+            deadline = None if wait_s is None else time.monotonic() + wait_s
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(0.5 if deadline is None else min(0.5, max(0.0, deadline - time.monotonic())))
+        except KeyboardInterrupt:
+            print("mrcnn serve: stopping", flush=True)
+        finally:
+            if not leave_running:
+                if local:
+                    serve.shutdown()
+                else:
+                    serve.delete(app_name)
     return url
 
 

@@ -31,6 +31,7 @@ from mrcnn.data.categories import CategoryMap
 from mrcnn.data.dataset import build_target_from_columns, image_to_tensor
 from mrcnn.data.images import decode_image
 from mrcnn.records import SHARD_COLUMNS
+from pipelines.common.storage import display_path, join_path, read_bytes, read_uri, resolve_path
 
 __all__ = [
     "CATEGORIES_FILE",
@@ -90,47 +91,6 @@ def shard_schema() -> pa.Schema:
 def shard_file_name(index: int, num_shards: int) -> str:
     """``part-00003-of-00016.parquet`` for shard 3 of 16."""
     return f"part-{index:05d}-of-{num_shards:05d}.parquet"
-
-
-def resolve_path(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """A local path or a filesystem URI (``s3://bucket/key``, ``gs://``, ``file://``...) -> (fs, path).
-
-    Local paths are made absolute. The returned path has no trailing slash.
-    """
-    text = os.fspath(path)
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
-        fs, inner = pafs.FileSystem.from_uri(text)
-        return fs, inner.rstrip("/") or inner
-    return pafs.LocalFileSystem(), os.path.abspath(text)
-
-
-def join_path(base: str, *parts: str) -> str:
-    """Join with ``/`` (pyarrow filesystems use ``/`` on every platform)."""
-    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
-
-
-def display_path(original: str | os.PathLike, fs: pafs.FileSystem, path: str) -> str:
-    """A path for messages: a URI keeps its scheme, a local path stays a plain path."""
-    text = os.fspath(original)
-    if isinstance(fs, pafs.LocalFileSystem):
-        return path
-    scheme = text.split("://", 1)[0]
-    return f"{scheme}://{path}"
-
-
-def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
-    """The whole file; ``FileNotFoundError`` when it does not exist."""
-    with fs.open_input_stream(path) as stream:
-        return stream.read()
-
-
-def read_uri(uri: str | os.PathLike) -> bytes:
-    """The whole file at a local path or URI; ``FileNotFoundError`` naming ``uri`` when it does not exist."""
-    fs, path = resolve_path(uri)
-    try:
-        return read_bytes(fs, path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{uri}: no such file") from None
 
 
 def list_shards(split_dir: str | os.PathLike) -> list[str]:

@@ -170,10 +170,41 @@ def test_keypoint_model_draws_keypoints_and_skeleton(browser, endpoint, tmp_path
         page.wait_for_function("window.mrcnnView.state === 'done' && window.mrcnnView.drawn > 0", timeout=180_000)
         instances = page.evaluate("window.mrcnnView.response.instances")
         assert all(len(inst["keypoints"]) == 15 for inst in instances)
+        # A 128 px image is drawn 4x (whole pixels), so it is readable on the page.
+        assert page.evaluate("window.mrcnnView.scale") == 4
+        assert page.locator("#view").bounding_box()["width"] >= 480
         drawn = _canvas_pixels(page)
         page.evaluate("() => { window.mrcnnView.response.instances.forEach((i) => delete i.keypoints); draw(); }")
         without = _canvas_pixels(page)
         assert (drawn != without).any(), "keypoints and skeleton are drawn over the masks"
         assert console_errors == []
+    finally:
+        context.close()
+
+
+PAGE_BLOCKS = ("h1", "#model", "#drop", "#controls", "#layout")
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"] and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"]
+
+
+@pytest.mark.parametrize("viewport", [(1200, 900), (800, 600)])
+def test_page_blocks_do_not_overlap(browser, endpoint, tmp_path, viewport):
+    """At common window sizes the title, model line, drop zone, controls and result never overlap."""
+    width, height = viewport
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    try:
+        page.goto(endpoint.url("keypoints"))
+        page.wait_for_function("document.getElementById('model').textContent.includes('house')", timeout=60_000)
+        boxes = {name: page.locator(name).bounding_box() for name in PAGE_BLOCKS}
+        page.screenshot(path=str(tmp_path / f"page_{width}x{height}.png"), full_page=True)
+        assert all(box is not None and box["height"] > 0 for box in boxes.values()), boxes
+        for i, first in enumerate(PAGE_BLOCKS):
+            for second in PAGE_BLOCKS[i + 1 :]:
+                assert not _overlap(boxes[first], boxes[second]), (first, boxes[first], second, boxes[second])
+        # The drop zone's dashed box is a block: it takes its own vertical space.
+        assert boxes["#drop"]["height"] >= 40 and boxes["#drop"]["width"] > width / 2
     finally:
         context.close()

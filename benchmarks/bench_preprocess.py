@@ -19,6 +19,7 @@ Prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -75,6 +76,7 @@ def baseline(annotations: Path, images: Path, out: Path) -> tuple[int, float]:
             columns["masks_rle"].append([a.rle["counts"] for a in anns])
             columns["iscrowd"].append([a.iscrowd for a in anns])
             columns["area"].append([a.area for a in anns])
+            columns["keypoints"].append([list(a.keypoints) for a in anns])  # [] per instance without keypoints
             rows += 1
             if len(columns["image_id"]) == BATCH:
                 flush()
@@ -106,11 +108,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each; the best is reported")
     args = parser.parse_args()
 
-    import ray
-
+    from pipelines.common.session import ray_session
     from pipelines.preprocess import preprocess_coco
 
     work = Path(tempfile.mkdtemp(prefix="bench_preprocess_"))
+    session = contextlib.ExitStack()
     try:
         t0 = time.perf_counter()
         info = make_synthetic_coco(work / "synth", num_train=args.synthetic, num_val=0, size=128, seed=0)
@@ -120,7 +122,7 @@ def main() -> None:
             (f"coco_mini x {args.coco_repeat} ({6 * args.coco_repeat} JPEGs)", *repeated_coco_mini(work / "coco", args.coco_repeat)),
         ]
         t0 = time.perf_counter()
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        session.enter_context(ray_session(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False))
         startup = time.perf_counter() - t0
         t0 = time.perf_counter()
         preprocess_coco(  # warm-up: one task per CPU, so every worker process imports torch/pycocotools
@@ -155,8 +157,8 @@ def main() -> None:
         print("|---|---:|---|---:|---:|---:|")
         for name, num_images, method, seconds, speedup in results:
             print(f"| {name} | {num_images} | {method} | {seconds:.2f} | {num_images / seconds:.0f} | {speedup:.2f}x |")
-        ray.shutdown()
     finally:
+        session.close()
         shutil.rmtree(work, ignore_errors=True)
 
 

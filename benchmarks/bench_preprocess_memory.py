@@ -62,8 +62,7 @@ def _pss_mb(pid: int) -> float:
 
 def run_child(num_images: int, object_store_mb: int | None) -> None:
     """In the measured process: start Ray, warm up, signal, preprocess, print a json line."""
-    import ray
-
+    from pipelines.common.session import ray_session
     from pipelines.preprocess import preprocess_coco
 
     work = Path(tempfile.mkdtemp(prefix="bench_mem_"))
@@ -75,16 +74,15 @@ def run_child(num_images: int, object_store_mb: int | None) -> None:
         annotations += [ann | {"id": copy * 10**8 + ann["id"], "image_id": copy * 10**7 + ann["image_id"]} for ann in data["annotations"]]
     annotations_path = work / "annotations.json"
     annotations_path.write_text(json.dumps(data | {"images": images, "annotations": annotations}))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=object_store_mb * 2**20 if object_store_mb else None)
-    preprocess_coco(annotations=COCO_MINI / "annotations.json", images=COCO_MINI / "images", out=work / "warm",
-                    split="val", num_shards=2, batch_size=1, progress=False)
-    print("READY", flush=True)
-    sys.stdin.readline()  # the parent has taken the after-start-up sample
-    summary = preprocess_coco(annotations=annotations_path, images=COCO_MINI / "images", out=work / "out", split="train", progress=False)
-    print(json.dumps({"images": summary.num_images, "rows": summary.num_rows, "seconds": summary.seconds,
-                      "json_mb": annotations_path.stat().st_size / 2**20}), flush=True)
-    ray.shutdown()
+    with ray_session(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=object_store_mb * 2**20 if object_store_mb else None):
+        preprocess_coco(annotations=COCO_MINI / "annotations.json", images=COCO_MINI / "images", out=work / "warm",
+                        split="val", num_shards=2, batch_size=1, progress=False)
+        print("READY", flush=True)
+        sys.stdin.readline()  # the parent has taken the after-start-up sample
+        summary = preprocess_coco(annotations=annotations_path, images=COCO_MINI / "images", out=work / "out", split="train", progress=False)
+        print(json.dumps({"images": summary.num_images, "rows": summary.num_rows, "seconds": summary.seconds,
+                          "json_mb": annotations_path.stat().st_size / 2**20}), flush=True)
 
 
 def measure(num_images: int, object_store_mb: int | None) -> dict:

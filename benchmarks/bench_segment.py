@@ -28,6 +28,7 @@ Prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -90,12 +91,13 @@ def main() -> None:
     parser.add_argument("--score-threshold", type=float, default=0.23)
     args = parser.parse_args()
 
-    import ray
     import torch
 
+    from pipelines.common.session import ray_session
     from pipelines.segment import segment
 
     work = Path(tempfile.mkdtemp(prefix="bench_segment_"))
+    session = contextlib.ExitStack()
     try:
         if args.model:
             checkpoint = Path(args.model)
@@ -111,7 +113,7 @@ def main() -> None:
         datasets = make_datasets(work, args.synthetic, args.coco_repeat)
 
         t0 = time.perf_counter()
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        session.enter_context(ray_session(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False))
         ray_init = time.perf_counter() - t0
         options = {"model": str(checkpoint), "workers": args.num_cpus, "batch_size": args.batch_size,
                    "score_threshold": args.score_threshold, "output_format": "coco", "progress": False}  # fmt: skip
@@ -142,7 +144,7 @@ def main() -> None:
             for threads in plain_threads:
                 rows.append((name, len(images), f"plain loop, 1 process, {threads} thread(s)", best[threads], num_plain))
             rows.append((name, len(images), f"mrcnn segment, {args.num_cpus} actors x 1 thread", best["ray"], summary.num_detections))
-        ray.shutdown()
+        session.close()
 
         print()
         print(f"Batch segmentation throughput, {args.preset if not args.model else args.model}, best of {args.repeats} "
@@ -156,6 +158,7 @@ def main() -> None:
             ratio = rows[index - index % per_dataset][3] / seconds  # against the first plain loop row
             print(f"| {name} | {num_images} | {method} | {detections} | {seconds:.1f} | {num_images / seconds:.2f} | {ratio:.2f}x |")
     finally:
+        session.close()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -127,10 +127,10 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="torch threads (direct) and replica CPUs")
     args = parser.parse_args()
 
-    import ray
     import torch
     from ray import serve
 
+    from pipelines.common.session import ray_session
     from pipelines.serve import build_app
     from tests.pipelines.mlflow_server import free_port
 
@@ -146,23 +146,22 @@ def main() -> None:
         }  # fmt: skip
         del predictor
 
-        ray.init(address="local", num_cpus=2 * args.cpus, include_dashboard=False, log_to_driver=False)
-        try:
-            port = free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            common = {"model": model, "replicas": 1, "cpus_per_replica": args.cpus, "score_threshold": args.score_threshold,
-                      "max_ongoing_requests": max(args.clients, args.max_batch_size), "max_queued_requests": -1,
-                      "batch_wait_timeout_s": args.batch_wait_ms / 1000}  # fmt: skip
-            apps = {"batching": args.max_batch_size, "unbatched": 1}
-            for name, batch in apps.items():
-                serve.run(build_app({**common, "max_batch_size": batch}), name=name, route_prefix=f"/{name}")
-            for name in apps:  # warm-up: every replica has run the model
-                endpoint(f"http://127.0.0.1:{port}/{name}/v1/segment", images, 8, 4)
-            for label, name in ((f"endpoint, batching (<= {args.max_batch_size})", "batching"), ("endpoint, no batching", "unbatched")):
-                rows[label] = endpoint(f"http://127.0.0.1:{port}/{name}/v1/segment", images, args.requests, args.clients)
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+        with ray_session(num_cpus=2 * args.cpus, include_dashboard=False, log_to_driver=False):
+            try:
+                port = free_port()
+                serve.start(http_options={"host": "127.0.0.1", "port": port})
+                common = {"model": model, "replicas": 1, "cpus_per_replica": args.cpus, "score_threshold": args.score_threshold,
+                          "max_ongoing_requests": max(args.clients, args.max_batch_size), "max_queued_requests": -1,
+                          "batch_wait_timeout_s": args.batch_wait_ms / 1000}  # fmt: skip
+                apps = {"batching": args.max_batch_size, "unbatched": 1}
+                for name, batch in apps.items():
+                    serve.run(build_app({**common, "max_batch_size": batch}), name=name, route_prefix=f"/{name}")
+                for name in apps:  # warm-up: every replica has run the model
+                    endpoint(f"http://127.0.0.1:{port}/{name}/v1/segment", images, 8, 4)
+                for label, name in ((f"endpoint, batching (<= {args.max_batch_size})", "batching"), ("endpoint, no batching", "unbatched")):
+                    rows[label] = endpoint(f"http://127.0.0.1:{port}/{name}/v1/segment", images, args.requests, args.clients)
+            finally:
+                serve.shutdown()
 
     load = os.getloadavg()
     print(f"\n{args.requests} images per row ({len(images)} distinct photos), {args.clients} concurrent clients for the endpoint, "

@@ -54,21 +54,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="total images per step")
     args = parser.parse_args()
 
-    import ray
-
     from mrcnn.data.synthetic import make_synthetic_coco
+    from pipelines.common.session import ray_session
     from pipelines.preprocess import preprocess_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_synthetic_coco(tmp / "synth", num_train=args.images, num_val=8, size=128, seed=0)
         plain = plain_loop(tmp / "synth", args.iters, args.batch)
-        ray.init(include_dashboard=False)
-        try:
+        with ray_session(include_dashboard=False):
             preprocess_dataset(tmp / "synth", tmp / "shards")
             distributed, overhead = ray_train(tmp / "shards", args.iters, args.batch, tmp / "ray_results")
-        finally:
-            ray.shutdown()
     print(f"\nTraining throughput, r18_fpn_small, synthetic 128 px, total batch {args.batch}, {args.iters} steps "
           f"({torch.get_num_threads()} torch threads in the plain loop)\n")
     print("| method | images/s | ratio |")

@@ -5,6 +5,7 @@ The GPU check in particular has to work the day a GPU is lent, so it is run here
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,47 @@ def test_bench_eval_backends_agree(iou_types):
     rows = _table_rows(output)[1:]
     assert [row[1] for row in rows] == list(iou_types)
     assert all(float(row[-1]) <= 1e-2 for row in rows)  # AP points: 1e-2 = 1e-4 of AP
+
+
+def test_bench_preprocess_compares_plain_loop_and_ray_data():
+    output = _run("bench_preprocess.py", "--synthetic", "8", "--coco-repeat", "1", "--repeats", "1", "--num-cpus", "1")
+    methods = [row[2] for row in _table_rows(output)[1:]]
+    assert methods == ["plain loop, 1 process", "Ray Data, 1 CPUs, 1 shards"] * 2
+
+
+def test_bench_preprocess_memory_reports_each_scale():
+    output = _run("bench_preprocess_memory.py", "--base", "6", "--scales", "1")
+    rows = _table_rows(output)[1:]
+    assert [row[0] for row in rows] == ["1x"] and int(rows[0][1]) == 6
+
+
+def test_bench_segment_runs_both_sides():
+    output = _run("bench_segment.py", "--synthetic", "4", "--coco-repeat", "1", "--repeats", "1", "--num-cpus", "1",
+                  "--part-size", "4")
+    methods = [row[2] for row in _table_rows(output)[1:]]
+    assert any(m.startswith("plain loop") for m in methods) and any(m.startswith("mrcnn segment") for m in methods)
+
+
+def test_bench_serve_measures_direct_calls_and_the_endpoint():
+    output = _run("bench_serve.py", "--requests", "4", "--clients", "2", "--max-batch-size", "2", "--images", "2", "--cpus", "1")
+    labels = [row[0] for row in _table_rows(output)[1:]]
+    assert labels == ["direct, 1 image/call", "direct, 2 images/call", "endpoint, batching (<= 2)", "endpoint, no batching"]
+
+
+def test_bench_train_compares_ray_train_with_a_plain_loop():
+    output = _run("bench_train.py", "--iters", "2", "--images", "16", "--batch", "2")
+    assert len(_table_rows(output)) >= 3
+
+
+def test_bench_train_step_runs_every_variant_on_cpu():
+    output = _run("bench_train_step.py", "--size", "64", "--iters", "1", "--warmup", "0", "--batch", "1")
+    assert len(_table_rows(output)) >= 3
+
+
+def test_reference_torchvision_trains_and_evaluates(tmp_path):
+    from mrcnn.data.synthetic import make_synthetic_coco
+
+    make_synthetic_coco(tmp_path, num_train=4, num_val=2, size=64, seed=0)
+    output = _run("reference_torchvision.py", "--data", str(tmp_path), "--iters", "2", "--batch", "2", "--size", "64")
+    result = json.loads(output.strip().splitlines()[-1])
+    assert "segm" in json.dumps(result)

@@ -4,7 +4,6 @@ a markdown table, a json report and a bar plot."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import statistics
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.ablate.variants import COMPARISONS, PAPER, VARIANTS, Comparison
+from pipelines.common.figures import write_png
 from pipelines.common.storage import write_atomic
 
 IOU_TYPES = ("segm", "bbox")
@@ -282,12 +282,7 @@ def write_plot(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
         ax.grid(True, axis="y", alpha=0.3)
     if not comparisons:
         axes[0].text(0.5, 0.5, "no comparison: the baseline or every ablated variant is missing", ha="center")
-    figure.tight_layout()
-    png = io.BytesIO()
-    figure.savefig(png, format="png")
-    path = Path(path)
-    write_atomic(path, png.getvalue())
-    return path
+    return write_png(figure, path)
 
 
 def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipelines.tracking.run import Tracker
 from pipelines.tracking.store import error_code, get_run, is_already_exists, is_not_found, mlflow_client, sanitize_key
@@ -81,12 +81,7 @@ def register_checkpoint(
         raise FileNotFoundError(f"checkpoint {checkpoint_path}: no such file")
     if not model_name or "/" in model_name or ":" in model_name:
         raise ValueError(f"model name {model_name!r}: expected a non-empty name without '/' or ':'")
-    try:
-        segm_ap = float(segm_ap)
-    except (TypeError, ValueError):
-        raise ValueError(f"segm_ap: expected a number, got {segm_ap!r}") from None
-    if not math.isfinite(segm_ap):
-        raise ValueError(f"segm_ap: expected a finite number, got {segm_ap!r}")
+    segm_ap = _finite_ap(segm_ap)
 
     client = mlflow_client(tracking_uri)
     get_run(client, run_id, f"run {run_id!r}: no such run in {tracking_uri}")
@@ -119,6 +114,17 @@ def register_checkpoint(
         source=source,
         run_id=run_id,
     )
+
+
+def _finite_ap(segm_ap: Any) -> float:
+    """``segm_ap`` as a finite float; ValueError naming the value otherwise."""
+    try:
+        value = float(segm_ap)
+    except (TypeError, ValueError):
+        raise ValueError(f"segm_ap: expected a number, got {segm_ap!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"segm_ap: expected a finite number, got {value!r}")
+    return value
 
 
 def version_by_alias(client: MlflowClient, name: str, alias: str):

@@ -7,7 +7,6 @@ the same key continues the same MLflow run.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
@@ -18,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.common.storage import write_atomic
+from pipelines.common.figures import write_png
 from pipelines.tracking.store import (
     GIT_COMMIT_TAG,
     MAX_METRICS_PER_BATCH,
@@ -347,10 +346,5 @@ def write_loss_curves_png(history: list[Mapping[str, Any]], path: str | os.PathL
     lr_axes.set_ylabel("lr")
     lr_axes.set_xlabel("iteration")
     lr_axes.grid(True, alpha=0.3)
-    figure.tight_layout()
-    png = io.BytesIO()
-    figure.savefig(png, format="png")
-    path = Path(path)
-    write_atomic(path, png.getvalue())
-    return path
+    return write_png(figure, path)
 

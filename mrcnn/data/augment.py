@@ -82,7 +82,8 @@ class AugmentationConfig:
         if not self.min_sizes or any(s <= 0 for s in self.min_sizes):
             raise ConfigError(f"augmentation.min_sizes: expected positive sizes, got {list(self.min_sizes)}")
         if self.max_size < max(self.min_sizes):
-            raise ConfigError(f"augmentation.max_size: expected >= max(min_sizes)={max(self.min_sizes)}, got {self.max_size}")
+            largest = max(self.min_sizes)
+            raise ConfigError(f"augmentation.max_size: expected >= max(min_sizes) = {largest}, got {self.max_size}")
         low, high = self.lsj_scale
         if not 0 < low <= high:
             raise ConfigError(f"augmentation.lsj_scale: expected 0 < low <= high, got {list(self.lsj_scale)}")
@@ -265,11 +266,12 @@ def _check_target(image: Tensor, target: Mapping) -> None:
             raise ValueError(f"augment: target {key} has {list(value.shape)}, expected {N} instances first")
 
 
-def _finish(image: Tensor, target: Mapping, *, masks: Tensor | None, boxes: Tensor,
-            keypoints: Tensor | None) -> tuple[Tensor, dict]:
-    """The target after a geometric change: boxes and areas from the masks, keypoints outside the image
-    unlabelled, degenerate instances dropped. ``image`` [3, H, W]; ``keypoints`` [N, K, 3] or None."""
-    H, W = image.shape[-2:]
+def _finish(
+    target: Mapping, size: tuple[int, int], *, masks: Tensor | None, boxes: Tensor, keypoints: Tensor | None
+) -> dict:
+    """The target on an image of ``size`` (H, W) after a geometric change: boxes and areas from the masks,
+    keypoints (Tensor[N, K, 3] or None) outside the image unlabelled, degenerate instances dropped."""
+    H, W = size
     out = dict(target)
     if masks is not None:
         boxes = mask_boxes(masks)
@@ -285,7 +287,7 @@ def _finish(image: Tensor, target: Mapping, *, masks: Tensor | None, boxes: Tens
         out["keypoints"] = keypoints * labelled[..., None]  # unlabelled: (0, 0, 0)
     out["boxes"] = boxes
     if ((boxes[:, 2:] - boxes[:, :2]) >= 1).all():
-        return image, out  # nothing to drop: spare the sanitizer's copies
+        return out  # nothing to drop: spare the sanitizer's copies
     # An empty mask's box is all zeros, which the sanitizer drops with the too-thin boxes.
     sample = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(H, W))}
     if masks is not None:
@@ -298,7 +300,7 @@ def _finish(image: Tensor, target: Mapping, *, masks: Tensor | None, boxes: Tens
     if masks is not None:
         out["masks"] = kept["masks"].as_subclass(Tensor)
     out.update({key: kept[key] for key in fields})
-    return image, out
+    return out
 
 
 class TrainAugmentation:
@@ -312,7 +314,9 @@ class TrainAugmentation:
         self.steps = list(steps)
         self.config = config
 
-    def __call__(self, image: Tensor, target: Mapping, *, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+    def __call__(
+        self, image: Tensor, target: Mapping, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict]:
         _check_target(image, target)
         if self.config.kind == "none":
             return image, dict(target)
@@ -338,8 +342,8 @@ class TrainAugmentation:
         if "keypoints" in sample:
             keypoints = torch.cat([sample["keypoints"].as_subclass(Tensor), sample["visibility"][..., None]], dim=-1)
         masks = sample["masks"].as_subclass(Tensor) if "masks" in sample else None
-        return _finish(sample["image"].as_subclass(Tensor), target, masks=masks,
-                       boxes=sample["boxes"].as_subclass(Tensor), keypoints=keypoints)  # fmt: skip
+        image, boxes = sample["image"].as_subclass(Tensor), sample["boxes"].as_subclass(Tensor)
+        return image, _finish(target, image.shape[-2:], masks=masks, boxes=boxes, keypoints=keypoints)
 
     def _lacks_flip_map(self, num_keypoints: int) -> bool:
         """Whether a flip step lacks a keypoint flip map of ``num_keypoints`` entries."""
@@ -425,13 +429,13 @@ def copy_paste(
         return out_images, out_targets
     shapes = {tuple(image.shape) for image in images}
     if len(shapes) != 1:
-        raise ValueError(f"copy_paste: the images of a batch must have one size (augmentation kind 'lsj'), got {sorted(shapes)}")
+        raise ValueError(f"copy_paste: the images of a batch must have one size (kind 'lsj'), got {sorted(shapes)}")
     fields = [[key for key in INSTANCE_KEYS if isinstance(t.get(key), Tensor)] for t in targets]
     for index, (image, target) in enumerate(zip(images, targets)):
         if target.get("masks") is None:
             raise ValueError(f"copy_paste: target {index} has no masks")
         if fields[index] != fields[0]:
-            raise ValueError(f"copy_paste: target {index} has instance fields {fields[index]}, target 0 has {fields[0]}")
+            raise ValueError(f"copy_paste: target {index} has the fields {fields[index]}, target 0 {fields[0]}")
         _check_target(image, target)
     for i in range(len(images)):
         if _draw_uniform(generator) >= probability:
@@ -447,8 +451,9 @@ def copy_paste(
     return out_images, out_targets
 
 
-def _paste(image: Tensor, target: Mapping, source_image: Tensor, source_target: Mapping, chosen: Tensor,
-           fields: Sequence[str]) -> tuple[Tensor, dict]:
+def _paste(
+    image: Tensor, target: Mapping, source_image: Tensor, source_target: Mapping, chosen: Tensor, fields: Sequence[str]
+) -> tuple[Tensor, dict]:
     """Paste ``source_target``'s instances ``chosen`` (Tensor[M] int64) and their pixels onto ``image``."""
     pasted = source_target["masks"][chosen].bool()  # [M, H, W]
     alpha = pasted.any(dim=0)  # [H, W]: covered by a pasted object
@@ -461,12 +466,11 @@ def _paste(image: Tensor, target: Mapping, source_image: Tensor, source_target: 
         rows = keypoints[..., 1].floor().long().clamp(0, H - 1)
         hidden = alpha[rows, cols] & (keypoints[..., 2] > 0)  # [N, K]
         keypoints = keypoints * ~hidden[..., None]
-    _, own = _finish(image, target, masks=masks, boxes=target["boxes"], keypoints=keypoints)
-    pasted_masks = pasted.to(target["masks"].dtype)
-    _, pasted_target = _finish(
-        image, {key: source_target[key][chosen] for key in fields}, masks=pasted_masks,
-        boxes=source_target["boxes"][chosen], keypoints=source_target["keypoints"][chosen] if "keypoints" in fields else None,
-    )  # fmt: skip
+    own = _finish(target, alpha.shape, masks=masks, boxes=target["boxes"], keypoints=keypoints)
+    source = {key: source_target[key][chosen] for key in ("boxes", *fields)}
+    pasted_target = _finish(
+        source, alpha.shape, masks=pasted.to(masks.dtype), boxes=source["boxes"], keypoints=source.get("keypoints")
+    )
     merged = dict(own)
     for key in ("boxes", "masks", *(key for key in INSTANCE_KEYS if key in own)):
         merged[key] = torch.cat([own[key], pasted_target[key]])

@@ -61,7 +61,8 @@ def seeded(seed):
 
 
 def test_mask_boxes_are_pixel_edge_boxes():
-    masks = torch.stack([rect_mask(8, 10, (2, 1, 5, 7)), torch.zeros(8, 10, dtype=torch.uint8), rect_mask(8, 10, (9, 7, 10, 8))])
+    empty = torch.zeros(8, 10, dtype=torch.uint8)
+    masks = torch.stack([rect_mask(8, 10, (2, 1, 5, 7)), empty, rect_mask(8, 10, (9, 7, 10, 8))])
     assert mask_boxes(masks).tolist() == [[2, 1, 5, 7], [0, 0, 0, 0], [9, 7, 10, 8]]
     assert mask_boxes(torch.zeros(0, 8, 10, dtype=torch.uint8)).shape == (0, 4)
 
@@ -135,7 +136,8 @@ def test_multiscale_scales_mask_box_keypoints_exactly(min_size, scale):
 def test_multiscale_sizes_are_torchvisions(shape, min_sizes, max_size):
     H, W = shape
     target = make_target(H, W, [(0, 0, W, H)])  # a whole-image instance: its box is the output size
-    augment = build_train_augmentation({"kind": "multiscale", "min_sizes": list(min_sizes), "max_size": max_size, "hflip": 0})
+    spec = {"kind": "multiscale", "min_sizes": list(min_sizes), "max_size": max_size, "hflip": 0}
+    augment = build_train_augmentation(spec)
     out_image, out = augment(torch.rand(3, H, W), target)
     reference = v2.RandomShortestSize(min_size=list(min_sizes), max_size=max_size)(tv_tensors.Image(torch.rand(3, H, W)))
     assert out_image.shape == reference.shape
@@ -297,7 +299,8 @@ def test_copy_paste_removes_exactly_the_pasted_pixels_underneath():
     # b gets a's objects as they were before any paste (both, or one of them): b's object loses their pixels.
     pasted = targets[1]["labels"].tolist()[1:]
     assert targets[1]["labels"].tolist()[0] == 3 and pasted in ([1], [2], [1, 2])
-    under = torch.stack([rect_mask(H, W, (10, 10, 40, 40)), rect_mask(H, W, (30, 12, 34, 16))])[[p - 1 for p in pasted]].bool().any(0)
+    masks_a = torch.stack([rect_mask(H, W, (10, 10, 40, 40)), rect_mask(H, W, (30, 12, 34, 16))])
+    under = masks_a[[p - 1 for p in pasted]].bool().any(0)
     assert torch.equal(targets[1]["masks"][0], rect_mask(H, W, (25, 0, 64, 64)) * ~under)
     assert torch.equal(images[1], torch.where(under, image_a, image_b))
     assert_consistent(images[1], targets[1])
@@ -337,7 +340,7 @@ def test_copy_paste_probability_and_errors():
         copy_paste([image, torch.rand(3, 16, 20)], [target, make_target(16, 20, [(0, 0, 8, 8)])], probability=1.0)
     with pytest.raises(ValueError, match="no masks"):
         copy_paste([image, image], [target, {"boxes": target["boxes"], "labels": target["labels"]}], probability=1.0)
-    with pytest.raises(ValueError, match="instance fields"):
+    with pytest.raises(ValueError, match="has the fields"):
         copy_paste([image, image], [target, make_target(16, 16, [(0, 0, 8, 8)], keypoints=[[(1, 1, 2)]])], probability=1.0)
     with pytest.raises(ValueError, match="probability"):
         copy_paste([image, image], [target, target], probability=1.5)

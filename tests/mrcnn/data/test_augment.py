@@ -4,6 +4,8 @@ occlusion, torchvision's own sizes as the reference, seeded repeatability, and t
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 import torch
 from torchvision import tv_tensors
@@ -112,20 +114,29 @@ def test_flip_without_a_keypoint_map_is_an_error():
     assert torch.equal(out["keypoints"], target["keypoints"])
 
 
-@pytest.mark.parametrize(("min_size", "scale"), [(200, 2), (50, 0.5)])
+def centre_rule_span(start, stop, scale, size):
+    """Output pixels j (0..size-1) whose centre maps into input pixels start..stop-1: start <= (j + 0.5) / scale < stop."""
+    inside = [j for j in range(size) if start <= Fraction(2 * j + 1, 2) / scale < stop]
+    return inside[0], inside[-1] + 1
+
+
+@pytest.mark.parametrize(("min_size", "scale"), [(200, Fraction(2)), (50, Fraction(1, 2)), (125, Fraction(5, 4))])
 def test_multiscale_scales_mask_box_keypoints_exactly(min_size, scale):
     H, W = 100, 200
-    box = (20, 10, 60, 50)
+    box = (21, 11, 61, 51)
     target = make_target(H, W, [box], keypoints=[[(30.5, 20.5, 2), (25, 15, 2), (0, 0, 0)]])
     augment = build_train_augmentation({"kind": "multiscale", "min_sizes": [min_size], "hflip": 0.0})
     out_image, out = augment(torch.rand(3, H, W), target)
     h, w = int(H * scale), int(W * scale)
     assert out_image.shape == (3, h, w)
-    scaled = tuple(int(v * scale) for v in box)
-    assert torch.equal(out["masks"][0], rect_mask(h, w, scaled))
-    assert out["boxes"].tolist() == [list(scaled)]
-    assert out["area"].tolist() == [(scaled[2] - scaled[0]) * (scaled[3] - scaled[1])]
-    assert out["keypoints"][0].tolist() == [[30.5 * scale, 20.5 * scale, 2], [25 * scale, 15 * scale, 2], [0, 0, 0]]
+    # A mask pixel is set where its centre falls on the input mask (nearest neighbour on pixel centres).
+    x0, x1 = centre_rule_span(box[0], box[2], scale, w)
+    y0, y1 = centre_rule_span(box[1], box[3], scale, h)
+    assert torch.equal(out["masks"][0], rect_mask(h, w, (x0, y0, x1, y1)))
+    assert out["boxes"].tolist() == [[x0, y0, x1, y1]]
+    assert out["area"].tolist() == [(x1 - x0) * (y1 - y0)]
+    s = float(scale)
+    assert out["keypoints"][0].tolist() == [[30.5 * s, 20.5 * s, 2], [25 * s, 15 * s, 2], [0, 0, 0]]
     x, y = out["keypoints"][0, 0, :2].floor().long().tolist()
     assert out["masks"][0, y, x] == 1, "the keypoint stays on its instance's pixels"
     assert_consistent(out_image, out)

@@ -24,7 +24,6 @@ Targets without masks keep torchvision's box geometry (clipped to the image) and
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any

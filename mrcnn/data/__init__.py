@@ -1,8 +1,10 @@
-"""Data layer: image decoding, RLE masks, categories, keypoints, COCO loading, targets, transforms, synthetic data.
+"""Data layer: image decoding, RLE masks, categories, keypoints, COCO loading, targets, transforms, augmentations,
+synthetic data.
 
 Pure numpy/PIL/pycocotools/torch; no Ray, no MLflow.
 """
 
+from mrcnn.data.augment import AugmentationConfig, TrainAugmentation, build_train_augmentation, copy_paste
 from mrcnn.data.categories import Category, CategoryMap
 from mrcnn.data.coco import (
     AnnotationRecord,
@@ -56,6 +58,7 @@ __all__ = [
     "COCO_PERSON_SKELETON",
     "SHAPE_CLASSES",
     "AnnotationRecord",
+    "AugmentationConfig",
     "Category",
     "CategoryMap",
     "CocoInstanceDataset",
@@ -69,9 +72,12 @@ __all__ = [
     "Reject",
     "Resize",
     "SegmentationError",
+    "TrainAugmentation",
     "build_target",
     "build_target_from_columns",
+    "build_train_augmentation",
     "collate_detection",
+    "copy_paste",
     "decode_image",
     "flip_indices",
     "image_size",

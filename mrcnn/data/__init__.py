@@ -4,7 +4,8 @@ synthetic data.
 Pure numpy/PIL/pycocotools/torch; no Ray, no MLflow.
 """
 
-from mrcnn.data.augment import AugmentationConfig, TrainAugmentation, build_train_augmentation, copy_paste
+from mrcnn.data.augment import AugmentationConfig, TrainAugmentation, build_train_augmentation
+from mrcnn.data.copy_paste import copy_paste
 from mrcnn.data.categories import Category, CategoryMap
 from mrcnn.data.coco import (
     AnnotationRecord,

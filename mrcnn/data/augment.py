@@ -41,7 +41,6 @@ __all__ = [
     "AugmentationConfig",
     "TrainAugmentation",
     "build_train_augmentation",
-    "copy_paste",
     "mask_boxes",
 ]
 
@@ -131,11 +130,11 @@ def mask_boxes(masks: Tensor) -> Tensor:
     return boxes * rows.any(dim=1, keepdim=True)
 
 
-def _draw_index(n: int, generator: torch.Generator | None) -> int:
+def draw_index(n: int, generator: torch.Generator | None) -> int:
     return int(torch.randint(n, (), generator=generator))
 
 
-def _draw_uniform(generator: torch.Generator | None) -> float:
+def draw_uniform(generator: torch.Generator | None) -> float:
     return float(torch.rand((), generator=generator))
 
 
@@ -167,7 +166,7 @@ class _HorizontalFlip:
         self.flip_indices = None if flip_indices is None else list(flip_indices)
 
     def __call__(self, sample: dict, generator: torch.Generator | None) -> dict:
-        if _draw_uniform(generator) >= self.p:
+        if draw_uniform(generator) >= self.p:
             return sample
         out = dict(sample)
         for key in ("image", "boxes", "masks"):
@@ -194,7 +193,7 @@ class _RandomShortestSide:
 
     def __call__(self, sample: dict, generator: torch.Generator | None) -> dict:
         H, W = sample["image"].shape[-2:]
-        min_size = self.min_sizes[_draw_index(len(self.min_sizes), generator)]
+        min_size = self.min_sizes[draw_index(len(self.min_sizes), generator)]
         scale = min(min_size / min(H, W), self.max_size / max(H, W))
         return _resize(sample, (max(1, int(H * scale)), max(1, int(W * scale))))
 
@@ -211,7 +210,7 @@ class _ScaleJitter:
     def __call__(self, sample: dict, generator: torch.Generator | None) -> dict:
         H, W = sample["image"].shape[-2:]
         low, high = self.scale_range
-        factor = low + _draw_uniform(generator) * (high - low)
+        factor = low + draw_uniform(generator) * (high - low)
         scale = min(self.size / W, self.size / H) * factor
         return _resize(sample, (max(1, int(H * scale)), max(1, int(W * scale))))
 
@@ -229,8 +228,8 @@ class _FixedSizeCrop:
 
     def __call__(self, sample: dict, generator: torch.Generator | None) -> dict:
         H, W = sample["image"].shape[-2:]
-        top = _draw_index(H - self.size + 1, generator) if H > self.size else 0
-        left = _draw_index(W - self.size + 1, generator) if W > self.size else 0
+        top = draw_index(H - self.size + 1, generator) if H > self.size else 0
+        left = draw_index(W - self.size + 1, generator) if W > self.size else 0
         height, width = min(H, self.size), min(W, self.size)
         padding = [0, 0, self.size - width, self.size - height]  # left, top, right, bottom
         out = dict(sample)
@@ -249,7 +248,7 @@ class _FixedSizeCrop:
         return f"FixedSizeCrop(size={self.size})"
 
 
-def _check_target(image: Tensor, target: Mapping) -> None:
+def check_target(image: Tensor, target: Mapping) -> None:
     if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
         raise ValueError(f"augment: expected a float image [3, H, W], got {image.dtype} {tuple(image.shape)}")
     boxes = target.get("boxes")
@@ -265,7 +264,7 @@ def _check_target(image: Tensor, target: Mapping) -> None:
             raise ValueError(f"augment: target {key} has {list(value.shape)}, expected {N} instances first")
 
 
-def _finish(
+def finish_target(
     target: Mapping, size: tuple[int, int], *, masks: Tensor | None, boxes: Tensor, keypoints: Tensor | None
 ) -> dict:
     """The target on an image of ``size`` (H, W) after a geometric change: boxes and areas from the masks,
@@ -316,7 +315,7 @@ class TrainAugmentation:
     def __call__(
         self, image: Tensor, target: Mapping, *, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict]:
-        _check_target(image, target)
+        check_target(image, target)
         if self.config.kind == "none":
             return image, dict(target)
         H, W = image.shape[-2:]
@@ -342,7 +341,7 @@ class TrainAugmentation:
             keypoints = torch.cat([sample["keypoints"].as_subclass(Tensor), sample["visibility"][..., None]], dim=-1)
         masks = sample["masks"].as_subclass(Tensor) if "masks" in sample else None
         image, boxes = sample["image"].as_subclass(Tensor), sample["boxes"].as_subclass(Tensor)
-        return image, _finish(target, image.shape[-2:], masks=masks, boxes=boxes, keypoints=keypoints)
+        return image, finish_target(target, image.shape[-2:], masks=masks, boxes=boxes, keypoints=keypoints)
 
     def _lacks_flip_map(self, num_keypoints: int) -> bool:
         """Whether a flip step lacks a keypoint flip map of ``num_keypoints`` entries."""
@@ -387,90 +386,3 @@ def build_train_augmentation(
     elif config.kind == "lsj":
         steps += [_ScaleJitter(config.lsj_size, config.lsj_scale), _FixedSizeCrop(config.lsj_size, pad_fill)]
     return TrainAugmentation(steps, config=config)
-
-
-def copy_paste(
-    images: Sequence[Tensor],
-    targets: Sequence[Mapping],
-    *,
-    probability: float,
-    generator: torch.Generator | None = None,
-) -> tuple[list[Tensor], list[dict]]:
-    """Simple Copy-Paste (Ghiasi et al., CVPR 2021) between the images of one batch.
-
-    With ``probability``, image i gets a random non-empty subset of the instances of another image j of
-    the batch (chosen uniformly), pasted on top: their pixels replace image i's, their targets are
-    appended. Image i's own instances lose the pasted pixels from their masks; their boxes and areas are
-    recomputed from what is left; an instance left with no pixel is dropped; a labelled keypoint of
-    image i whose pixel a pasted object covers becomes unlabelled (0, 0, 0). The sources are the batch as
-    given, never an image already pasted onto. Call it after the per-image augmentation (``lsj``, so that
-    all images have one size).
-
-    Args:
-        images (Sequence[Tensor[3, H, W] float]): one size for all.
-        targets (Sequence[dict]): target dicts (see the module docstring) with ``masks``; the same
-            per-instance keys in every target.
-        probability (float): chance in [0, 1] that an image gets a paste.
-        generator (torch.Generator | None): source of the random draws; None: torch's global generator.
-
-    Returns:
-        (list[Tensor], list[dict]): new images and targets; the inputs are not modified.
-
-    Raises:
-        ValueError: images of different sizes, a target without masks, targets with different keys.
-    """
-    if len(images) != len(targets):
-        raise ValueError(f"copy_paste: {len(images)} images but {len(targets)} targets")
-    if not 0.0 <= probability <= 1.0:
-        raise ValueError(f"copy_paste: probability must be in [0, 1], got {probability}")
-    out_images, out_targets = list(images), [dict(t) for t in targets]
-    if len(images) < 2 or probability == 0:
-        return out_images, out_targets
-    shapes = {tuple(image.shape) for image in images}
-    if len(shapes) != 1:
-        raise ValueError(f"copy_paste: the images of a batch must have one size (kind 'lsj'), got {sorted(shapes)}")
-    fields = [[key for key in INSTANCE_KEYS if isinstance(t.get(key), Tensor)] for t in targets]
-    for index, (image, target) in enumerate(zip(images, targets)):
-        if target.get("masks") is None:
-            raise ValueError(f"copy_paste: target {index} has no masks")
-        if fields[index] != fields[0]:
-            raise ValueError(f"copy_paste: target {index} has the fields {fields[index]}, target 0 {fields[0]}")
-        _check_target(image, target)
-    for i in range(len(images)):
-        if _draw_uniform(generator) >= probability:
-            continue
-        j = _draw_index(len(images) - 1, generator)
-        j += j >= i  # any image but i
-        num_source = targets[j]["boxes"].shape[0]
-        if num_source == 0:
-            continue
-        count = 1 + _draw_index(num_source, generator)
-        chosen = torch.randperm(num_source, generator=generator)[:count].sort().values
-        out_images[i], out_targets[i] = _paste(images[i], targets[i], images[j], targets[j], chosen, fields[0])
-    return out_images, out_targets
-
-
-def _paste(
-    image: Tensor, target: Mapping, source_image: Tensor, source_target: Mapping, chosen: Tensor, fields: Sequence[str]
-) -> tuple[Tensor, dict]:
-    """Paste ``source_target``'s instances ``chosen`` (Tensor[M] int64) and their pixels onto ``image``."""
-    pasted = source_target["masks"][chosen].bool()  # [M, H, W]
-    alpha = pasted.any(dim=0)  # [H, W]: covered by a pasted object
-    image = torch.where(alpha, source_image, image)
-    masks = target["masks"] * ~alpha
-    keypoints = target.get("keypoints")
-    if keypoints is not None and keypoints.shape[0] > 0:
-        H, W = alpha.shape
-        cols = keypoints[..., 0].floor().long().clamp(0, W - 1)
-        rows = keypoints[..., 1].floor().long().clamp(0, H - 1)
-        hidden = alpha[rows, cols] & (keypoints[..., 2] > 0)  # [N, K]
-        keypoints = keypoints * ~hidden[..., None]
-    own = _finish(target, alpha.shape, masks=masks, boxes=target["boxes"], keypoints=keypoints)
-    source = {key: source_target[key][chosen] for key in ("boxes", *fields)}
-    pasted_target = _finish(
-        source, alpha.shape, masks=pasted.to(masks.dtype), boxes=source["boxes"], keypoints=source.get("keypoints")
-    )
-    merged = dict(own)
-    for key in ("boxes", "masks", *(key for key in INSTANCE_KEYS if key in own)):
-        merged[key] = torch.cat([own[key], pasted_target[key]])
-    return image, merged

@@ -12,7 +12,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from mrcnn.config import ConfigError
-from mrcnn.data.augment import AugmentationConfig, build_train_augmentation, copy_paste, mask_boxes
+from mrcnn.data.augment import AugmentationConfig, build_train_augmentation, mask_boxes
+from mrcnn.data.copy_paste import copy_paste
 from mrcnn.data.keypoints import COCO_PERSON_KEYPOINTS, flip_indices
 
 NAMES = ("nose", "left_eye", "right_eye")

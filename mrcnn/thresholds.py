@@ -20,7 +20,14 @@ from pycocotools.coco import COCO
 from mrcnn.evaluation import load_coco_gt
 from mrcnn.report.matching import DEFAULT_SCORE_THRESHOLD, ClassMatches, match_per_class
 
-__all__ = ["DEFAULT_SCORE_THRESHOLD", "CalibratedThresholds", "ClassThreshold", "apply_thresholds", "best_f1_threshold", "calibrate_thresholds"]
+__all__ = [
+    "DEFAULT_SCORE_THRESHOLD",
+    "CalibratedThresholds",
+    "ClassThreshold",
+    "apply_thresholds",
+    "best_f1_threshold",
+    "calibrate_thresholds",
+]
 DEFAULT_MIN_INSTANCES = 10
 
 

@@ -94,7 +94,8 @@ def _group_by_image(records: Iterable[Mapping[str, Any]], gt: COCO, field: str) 
         if missing:
             raise ValueError(f"result {index}: missing {missing} (needed for matching)")
         if record["image_id"] not in image_ids or record["category_id"] not in category_ids:
-            raise ValueError(f"result {index}: image_id {record['image_id']} or category_id {record['category_id']} is not in the ground truth")
+            found = f"image_id {record['image_id']} or category_id {record['category_id']}"
+            raise ValueError(f"result {index}: {found} is not in the ground truth")
         grouped[record["image_id"]].append(record)
     return grouped
 

@@ -193,7 +193,8 @@ def format_per_class_table(per_class: Mapping[str, Sequence[Mapping[str, Any]]])
         width = max([len(iou_type), *(len(str(row["name"])) for row in rows)]) + 2
         lines = [f"{iou_type:<{width}}{'gt':>6}" + "".join(f"{name:>7}" for name in ("AP", "AP50", "AP75", "AR100"))]
         for row in rows:
-            lines.append(f"{row['name']:<{width}}{row['num_gt']:6d}" + "".join(_number(row[name]) for name in ("AP", "AP50", "AP75", "AR100")))
+            numbers = "".join(_number(row[name]) for name in ("AP", "AP50", "AP75", "AR100"))
+            lines.append(f"{row['name']:<{width}}{row['num_gt']:6d}{numbers}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
@@ -207,7 +208,9 @@ def _ap_by_name(metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
         elif isinstance(value, Sequence) and not isinstance(value, str):
             out[iou_type] = {str(row["name"]): float(row["AP"]) for row in value}
         else:
-            raise ValueError(f"metrics[{iou_type!r}]: expected per-class rows or evaluate_coco's dict with 'per_category', got {type(value).__name__}")
+            raise ValueError(
+                f"metrics[{iou_type!r}]: expected per-class rows or evaluate_coco's dict with 'per_category', got {type(value).__name__}"
+            )
     return out
 
 

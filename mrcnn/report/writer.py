@@ -73,9 +73,12 @@ def plot_pr_curves(path: Path, rows: Sequence[Mapping[str, Any]], *, title: str)
 
 
 def plot_confusion_matrix(path: Path, matrix: ConfusionMatrix) -> None:
-    """The matrix as an image, coloured by each row's fractions, with counts written in where it has <= 20 classes."""
-    labels = [*matrix.names, "background"]
+    """The matrix as an image coloured by each row's fractions, with its counts written in where it has <= 30
+    rows. Classes without ground truth or detections (an empty row and column) are left out of the picture."""
     counts = matrix.counts
+    keep = [i for i in range(len(matrix.names)) if counts[i].any() or counts[:, i].any()] + [len(matrix.names)]
+    labels = [*matrix.names, "background"]
+    labels, counts = [labels[i] for i in keep], counts[np.ix_(keep, keep)]
     fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     size = max(4.0, 0.35 * len(labels) + 2)
     figure = _figure(size, size)
@@ -85,12 +88,13 @@ def plot_confusion_matrix(path: Path, matrix: ConfusionMatrix) -> None:
     axes.set_yticks(range(len(labels)), labels, fontsize=7)
     axes.set_xlabel("predicted")
     axes.set_ylabel("ground truth")
-    axes.set_title(f"{matrix.iou_type} confusion at IoU {matrix.iou:.2f}")
-    if len(labels) <= 21:
+    axes.set_title(f"{matrix.iou_type} confusion at IoU {matrix.iou:.2f} (row fractions, counts)")
+    if len(labels) <= 30:
         for i in range(len(labels)):
             for j in range(len(labels)):
                 if counts[i, j]:
-                    axes.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7, color="white" if fractions[i, j] > 0.5 else "black")
+                    color = "white" if fractions[i, j] > 0.5 else "black"
+                    axes.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7, color=color)
     figure.tight_layout()
     figure.savefig(path)
 
@@ -138,7 +142,19 @@ def _class_threshold(score_threshold: float | Mapping[int, float], category_id: 
     return float(score_threshold)
 
 
-def _worst_images(out_dir, gt, records, *, iou_type, iou, score_threshold, worst_k, images_dir) -> tuple[dict, list]:
+def _overlay_entry(out_dir: Path, gt: COCO, records: list, category_id: int, rank: int, row: dict, *, threshold: float, images_dir) -> str:
+    """Draw one worst image of a class; returns its path relative to ``out_dir``. Raises OSError/ValueError."""
+    image = gt.imgs[row["image_id"]]
+    relative = Path("worst") / f"{category_id}_{_slug(gt.cats[category_id]['name'])}" / f"{rank}_{row['image_id']}.png"
+    anns = [a for a in gt.imgToAnns.get(row["image_id"], []) if a["category_id"] == category_id]
+    dets = [
+        r for r in records if r["image_id"] == row["image_id"] and r["category_id"] == category_id and float(r["score"]) >= threshold
+    ]
+    _write_overlay(out_dir / relative, Path(images_dir) / str(image.get("file_name")), gt, anns, dets)
+    return relative.as_posix()
+
+
+def _worst_images(out_dir: Path, gt: COCO, records: list, *, iou_type, iou, score_threshold, worst_k, images_dir) -> tuple[dict, list]:
     """``{category_id: [{"image_id", "file_name", "tp", "fp", "fn", "f1", "overlay"}]}`` and the skipped overlays."""
     worst, skipped = {}, []
     for category_id, matches in match_per_class(gt, records, iou_type=iou_type, iou=iou).items():
@@ -147,19 +163,15 @@ def _worst_images(out_dir, gt, records, *, iou_type, iou, score_threshold, worst
         rows.sort(key=lambda row: (row["f1"], -(row["fp"] + row["fn"]), row["image_id"]))
         chosen = []
         for rank, row in enumerate(rows[:worst_k], start=1):
-            image = gt.imgs[row["image_id"]]
-            entry = {**row, "file_name": image.get("file_name"), "overlay": None}
+            entry = {**row, "file_name": gt.imgs[row["image_id"]].get("file_name"), "overlay": None}
             if images_dir is not None:
-                name = gt.cats[category_id]["name"]
-                relative = Path("worst") / f"{category_id}_{_slug(name)}" / f"{rank}_{row['image_id']}.png"
-                anns = [a for a in gt.imgToAnns.get(row["image_id"], []) if a["category_id"] == category_id]
-                dets = [r for r in records if r["image_id"] == row["image_id"] and r["category_id"] == category_id and float(r["score"]) >= threshold]
-                image_path = Path(images_dir) / str(image.get("file_name"))
                 try:
-                    _write_overlay(Path(out_dir) / relative, image_path, gt, anns, dets)
-                    entry["overlay"] = relative.as_posix()
+                    entry["overlay"] = _overlay_entry(
+                        out_dir, gt, records, category_id, rank, row, threshold=threshold, images_dir=images_dir
+                    )
                 except (OSError, ValueError) as exc:
-                    skipped.append({"image_id": row["image_id"], "category_id": category_id, "reason": f"{image_path}: {exc}"})
+                    reason = f"{Path(images_dir) / str(entry['file_name'])}: {exc}"
+                    skipped.append({"image_id": row["image_id"], "category_id": category_id, "reason": reason})
             chosen.append(entry)
         if chosen:
             worst[category_id] = chosen
@@ -212,39 +224,62 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     coco_gt = _with_names(load_coco_gt(gt), category_names)
     records = list(results)
-    files: dict[str, Any] = {"per_class": "per_class.csv", "pr_curves": "pr_curves.csv", "pr_curves_png": {}, "confusion": {}}
-    per_class: dict[str, list[dict[str, Any]]] = {}
-    curve_rows: list[tuple[str, dict[str, Any]]] = []
-    for iou_type in iou_types:
-        evaluator = run_cocoeval(coco_gt, records, iou_type)
-        per_class[iou_type] = per_class_metrics(evaluator)
-        curves = pr_curves(evaluator, ious=(0.5, 0.75))
-        curve_rows += [(iou_type, row) for row in curves]
-        if curves:
-            files["pr_curves_png"][iou_type] = f"pr_curves_{iou_type}.png"
-            plot_pr_curves(out / files["pr_curves_png"][iou_type], curves, title=f"{iou_type} precision-recall (area all, 100 detections)")
-    _write_csv(out / "per_class.csv", ("iou_type", *PER_CLASS_FIELDS), ([t, *(row[k] for k in PER_CLASS_FIELDS)] for t, rows in per_class.items() for row in rows))
-    _write_csv(out / "pr_curves.csv", ("iou_type", *PR_CURVE_FIELDS), ([t, *(row[k] for k in PR_CURVE_FIELDS)] for t, row in curve_rows))
+    files: dict[str, Any] = {"per_class": "per_class.csv", "pr_curves": "pr_curves.csv"}
+    per_class, files["pr_curves_png"] = _write_per_class(out, coco_gt, records, iou_types)
     match_types = [t for t in iou_types if t in ("bbox", "segm")] or ["bbox"]
-    confusion = {}
-    for iou_type in match_types:
-        matrix = confusion_matrix(coco_gt, records, iou_type=iou_type, iou=iou, score_threshold=score_threshold, default_threshold=DEFAULT_SCORE_THRESHOLD)
-        files["confusion"][iou_type] = {"csv": f"confusion_{iou_type}.csv", "png": f"confusion_{iou_type}.png"}
-        table = matrix.rows()
-        _write_csv(out / files["confusion"][iou_type]["csv"], table[0], table[1:])
-        plot_confusion_matrix(out / files["confusion"][iou_type]["png"], matrix)
-        confusion[iou_type] = matrix.counts.tolist()
+    files["confusion"], confusion = _write_confusion(out, coco_gt, records, match_types, iou=iou, score_threshold=score_threshold)
     worst_type = "segm" if "segm" in match_types else match_types[0]
-    worst, skipped = _worst_images(out, coco_gt, records, iou_type=worst_type, iou=iou, score_threshold=score_threshold, worst_k=worst_k, images_dir=images_dir)
+    worst, skipped = _worst_images(
+        out, coco_gt, records, iou_type=worst_type, iou=iou, score_threshold=score_threshold, worst_k=worst_k, images_dir=images_dir
+    )
+    thresholds = {str(k): v for k, v in score_threshold.items()} if isinstance(score_threshold, Mapping) else score_threshold
     report = {
         "iou_types": list(iou_types),
         "iou": iou,
-        "score_threshold": {str(k): v for k, v in score_threshold.items()} if isinstance(score_threshold, Mapping) else score_threshold,
+        "score_threshold": thresholds,
         "files": files,
         "per_class": per_class,
-        "confusion": {"iou_type_counts": confusion, "labels": [*(coco_gt.cats[c]["name"] for c in sorted(coco_gt.getCatIds())), "background"]},
-        "worst_images": {"matched_on": worst_type, "ranked_by": "per-image F1 of the class, lowest first", "by_category": {str(k): v for k, v in worst.items()}},
+        "confusion": {"labels": [*(coco_gt.cats[c]["name"] for c in sorted(coco_gt.getCatIds())), "background"], "counts": confusion},
+        "worst_images": {
+            "matched_on": worst_type,
+            "ranked_by": "per-image F1 of the class, lowest first",
+            "by_category": {str(k): v for k, v in worst.items()},
+        },
         "skipped": skipped,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _write_per_class(out: Path, gt: COCO, records: list, iou_types: Sequence[str]) -> tuple[dict[str, list], dict[str, str]]:
+    """per_class.csv, pr_curves.csv and a PR plot per IoU type; returns the per-class rows and the plots' names."""
+    per_class: dict[str, list[dict[str, Any]]] = {}
+    plots: dict[str, str] = {}
+    curve_rows: list[list[Any]] = []
+    for iou_type in iou_types:
+        evaluator = run_cocoeval(gt, records, iou_type)
+        per_class[iou_type] = per_class_metrics(evaluator)
+        curves = pr_curves(evaluator, ious=(0.5, 0.75))
+        curve_rows += [[iou_type, *(row[k] for k in PR_CURVE_FIELDS)] for row in curves]
+        if curves:
+            plots[iou_type] = f"pr_curves_{iou_type}.png"
+            plot_pr_curves(out / plots[iou_type], curves, title=f"{iou_type} precision-recall (area all, 100 detections)")
+    class_rows = ([t, *(row[k] for k in PER_CLASS_FIELDS)] for t, rows in per_class.items() for row in rows)
+    _write_csv(out / "per_class.csv", ("iou_type", *PER_CLASS_FIELDS), class_rows)
+    _write_csv(out / "pr_curves.csv", ("iou_type", *PR_CURVE_FIELDS), curve_rows)
+    return per_class, plots
+
+
+def _write_confusion(out: Path, gt: COCO, records: list, iou_types: Sequence[str], *, iou: float, score_threshold) -> tuple[dict, dict]:
+    """confusion_<iou_type>.csv and .png; returns their names and the counts ``{iou_type: [[int]]}``."""
+    files, counts = {}, {}
+    for iou_type in iou_types:
+        matrix = confusion_matrix(
+            gt, records, iou_type=iou_type, iou=iou, score_threshold=score_threshold, default_threshold=DEFAULT_SCORE_THRESHOLD
+        )
+        files[iou_type] = {"csv": f"confusion_{iou_type}.csv", "png": f"confusion_{iou_type}.png"}
+        table = matrix.rows()
+        _write_csv(out / files[iou_type]["csv"], table[0], table[1:])
+        plot_confusion_matrix(out / files[iou_type]["png"], matrix)
+        counts[iou_type] = matrix.counts.tolist()
+    return files, counts

@@ -42,8 +42,10 @@ def handmade_case():
     anns += [_ann(100 + i, i, DOG, [20.0, 20.0, 10.0, 10.0]) for i in (1, 2, 3)]
     anns += [_ann(200 + i, i, BIRD, [70.0, 0.0, 10.0, 10.0]) for i in range(1, 13)]
     anns.append(_ann(300, 12, CAT, [0.0, 60.0, 40.0, 40.0], iscrowd=1))
-    gt = {"images": images, "annotations": anns, "categories": [{"id": CAT, "name": "cat"}, {"id": DOG, "name": "dog"}, {"id": BIRD, "name": "bird"}]}
-    cats = [(0.95, True), (0.90, True), (0.85, False), (0.80, True), (0.70, True), (0.60, False), (0.50, False), (0.40, True), (0.30, False), (0.20, False)]
+    categories = [{"id": CAT, "name": "cat"}, {"id": DOG, "name": "dog"}, {"id": BIRD, "name": "bird"}]
+    gt = {"images": images, "annotations": anns, "categories": categories}
+    cats = [(0.95, True), (0.90, True), (0.85, False), (0.80, True), (0.70, True)]
+    cats += [(0.60, False), (0.50, False), (0.40, True), (0.30, False), (0.20, False)]
     results = []
     next_image = 1
     for score, is_tp in cats:

@@ -34,7 +34,8 @@ def gt_annotation(ann_id: int, image_id: int, category_id: int, box: list[int], 
 
 
 def result(image_id: int, category_id: int, box: list[int], score: float) -> dict:
-    return {"image_id": image_id, "category_id": category_id, "bbox": [float(v) for v in box], "score": score, "segmentation": box_rle(*box)}
+    bbox = [float(v) for v in box]
+    return {"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score, "segmentation": box_rle(*box)}
 
 
 def handmade_gt() -> dict:

@@ -79,7 +79,8 @@ def run_cocoeval(gt: str | os.PathLike | dict | COCO, results: Iterable[dict[str
     category_ids = sorted(coco_gt.getCatIds())
     if iou_type == "keypoints":
         category_ids = sorted(c["id"] for c in coco_gt.dataset["categories"] if c.get("keypoints"))
-        records = [r for r in records if r.get("category_id") in set(category_ids)]
+        with_keypoints = set(category_ids)
+        records = [r for r in records if r.get("category_id") in with_keypoints]
     _check_records(records, coco_gt, iou_type)
     if iou_type == "segm":
         records = [{k: v for k, v in r.items() if k != "bbox"} for r in records]

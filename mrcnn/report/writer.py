@@ -143,13 +143,12 @@ def _class_threshold(score_threshold: float | Mapping[int, float], category_id: 
 
 
 def _overlay_entry(out_dir: Path, gt: COCO, records: list, category_id: int, rank: int, row: dict, *, threshold: float, images_dir) -> str:
-    """Draw one worst image of a class; returns its path relative to ``out_dir``. Raises OSError/ValueError."""
+    """Draw one worst image of a class (``records``: that image's records of the class); returns its path
+    relative to ``out_dir``. Raises OSError (unreadable image) or ValueError (a mask of another size)."""
     image = gt.imgs[row["image_id"]]
     relative = Path("worst") / f"{category_id}_{_slug(gt.cats[category_id]['name'])}" / f"{rank}_{row['image_id']}.png"
     anns = [a for a in gt.imgToAnns.get(row["image_id"], []) if a["category_id"] == category_id]
-    dets = [
-        r for r in records if r["image_id"] == row["image_id"] and r["category_id"] == category_id and float(r["score"]) >= threshold
-    ]
+    dets = [r for r in records if float(r["score"]) >= threshold]
     _write_overlay(out_dir / relative, Path(images_dir) / str(image.get("file_name")), gt, anns, dets)
     return relative.as_posix()
 
@@ -157,6 +156,9 @@ def _overlay_entry(out_dir: Path, gt: COCO, records: list, category_id: int, ran
 def _worst_images(out_dir: Path, gt: COCO, records: list, *, iou_type, iou, score_threshold, worst_k, images_dir) -> tuple[dict, list]:
     """``{category_id: [{"image_id", "file_name", "tp", "fp", "fn", "f1", "overlay"}]}`` and the skipped overlays."""
     worst, skipped = {}, []
+    by_image_and_class: dict[tuple[int, int], list] = {}
+    for record in records:
+        by_image_and_class.setdefault((record["image_id"], record["category_id"]), []).append(record)
     for category_id, matches in match_per_class(gt, records, iou_type=iou_type, iou=iou).items():
         threshold = _class_threshold(score_threshold, category_id)
         rows = [row for row in per_image_f1(matches, threshold) if row["f1"] < 1.0]
@@ -167,7 +169,14 @@ def _worst_images(out_dir: Path, gt: COCO, records: list, *, iou_type, iou, scor
             if images_dir is not None:
                 try:
                     entry["overlay"] = _overlay_entry(
-                        out_dir, gt, records, category_id, rank, row, threshold=threshold, images_dir=images_dir
+                        out_dir,
+                        gt,
+                        by_image_and_class.get((row["image_id"], category_id), []),
+                        category_id,
+                        rank,
+                        row,
+                        threshold=threshold,
+                        images_dir=images_dir,
                     )
                 except (OSError, ValueError) as exc:
                     reason = f"{Path(images_dir) / str(entry['file_name'])}: {exc}"
@@ -183,7 +192,7 @@ def _with_names(gt: COCO, category_names: Mapping[int, str] | None) -> COCO:
         return gt
     dataset = copy.deepcopy(gt.dataset)
     for category in dataset["categories"]:
-        category["name"] = str(category_names.get(category["id"], category["name"]))
+        category["name"] = str(category_names.get(category["id"], category_names.get(str(category["id"]), category["name"])))
     return load_coco_gt(dataset)
 
 
@@ -206,7 +215,7 @@ def write_report(
         results: COCO results records for ``iou_types`` (as :func:`mrcnn.report.per_class.run_cocoeval`).
         iou_types: any of bbox, segm, keypoints; the confusion matrices are drawn for bbox and segm among them
             (bbox where there is neither).
-        category_names: ``{category_id: name}`` replacing the ground truth's names in every file.
+        category_names: ``{category_id: name}`` (int or str keys) replacing the ground truth's names in every file.
         images_dir: the folder the ground truth's ``file_name``s are relative to; without it no overlays.
         worst_k: the worst images kept per class: those with the lowest F1 of that class at IoU ``iou`` (matching
             within the class, :func:`mrcnn.report.matching.match_per_class`, detections with score >= the class's

@@ -204,3 +204,38 @@ def test_run_cocoeval_refuses_bad_input(gt, results):
 def test_no_results_gives_zero_ap(gt):
     rows = per_class_metrics(run_cocoeval(gt, [], "bbox"))
     assert [(row["AP"], row["num_gt"]) for row in rows] == [(0.0, 2), (0.0, 1)]
+
+
+def test_keypoints_per_class_equals_cocoeval_with_the_same_sigmas():
+    sigmas = [0.05, 0.08, 0.1]
+    categories = [{"id": 1, "name": "house", "keypoints": ["a", "b", "c"], "keypoint_sigmas": sigmas}, {"id": 2, "name": "ball"}]
+    images = [{"id": i, "file_name": f"{i}.png", "height": 100, "width": 100} for i in (1, 2)]
+
+    def person(ann_id, image_id, x, y, visible=2):
+        points = [x + 2, y + 2, visible, x + 8, y + 2, visible, x + 5, y + 8, visible]
+        num = 3 if visible else 0
+        return {"id": ann_id, "image_id": image_id, "category_id": 1, "bbox": [x, y, 10.0, 10.0], "area": 400.0,
+                "iscrowd": 0, "keypoints": points, "num_keypoints": num}  # fmt: skip
+
+    annotations = [person(1, 1, 0.0, 0.0), person(2, 1, 50.0, 50.0), person(3, 2, 20.0, 20.0), person(4, 2, 70.0, 0.0, visible=0)]
+    annotations.append({"id": 5, "image_id": 2, "category_id": 2, "bbox": [0.0, 0.0, 5.0, 5.0], "area": 25.0, "iscrowd": 0})
+    gt = {"images": images, "annotations": annotations, "categories": categories}
+    results = [
+        {"image_id": 1, "category_id": 1, "bbox": [0.0, 0.0, 10.0, 10.0], "score": 0.9, "keypoints": [2.5, 2, 1, 8, 2.5, 1, 5, 8, 1]},
+        {"image_id": 1, "category_id": 1, "bbox": [50.0, 50.0, 10.0, 10.0], "score": 0.4, "keypoints": [54, 52, 1, 58, 55, 1, 50, 58, 1]},
+        {"image_id": 2, "category_id": 1, "bbox": [0.0, 0.0, 10.0, 10.0], "score": 0.8, "keypoints": [2, 2, 1, 8, 2, 1, 5, 8, 1]},
+    ]
+    rows = per_class_metrics(run_cocoeval(gt, results, "keypoints"))
+    assert [row["name"] for row in rows] == ["house"]  # only the categories with keypoints are scored
+    assert rows[0]["num_gt"] == 3  # the house without labelled keypoints is ignored by COCOeval
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.createIndex()
+        reference = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), iouType="keypoints")
+        reference.params.kpt_oks_sigmas = np.array(sigmas)
+        reference.params.catIds = [1]
+        reference.evaluate()
+        reference.accumulate()
+    check_against_reference(rows, reference)
+    assert 0 < rows[0]["AP"] < 100

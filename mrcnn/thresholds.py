@@ -27,6 +27,7 @@ __all__ = [
     "apply_thresholds",
     "best_f1_threshold",
     "calibrate_thresholds",
+    "format_thresholds",
 ]
 DEFAULT_MIN_INSTANCES = 10
 
@@ -194,3 +195,19 @@ def apply_thresholds(records: Iterable[Mapping[str, Any]], thresholds: Mapping[i
         the kept records themselves (not copies).
     """
     return [r for r in records if float(r["score"]) >= float(thresholds.get(r["category_id"], default))]
+
+
+def format_thresholds(calibrated: CalibratedThresholds, names: Mapping[int, str] | None = None) -> str:
+    """A plain-text table, one line per class: threshold, F1, precision, recall (percent), ground truth, and
+    ``floor`` where the floor was used. ``names``: ``{category_id: name}`` (default: the ids)."""
+    names = names or {}
+    width = max([8, *(len(str(names.get(c, c))) + 2 for c in calibrated.classes)])
+    lines = [f"{'class':<{width}}{'thresh':>8}{'F1':>7}{'P':>7}{'R':>7}{'gt':>6}"]
+    for category_id in sorted(calibrated.classes):
+        c = calibrated.classes[category_id]
+        source = "" if c.calibrated else "  floor"
+        lines.append(
+            f"{str(names.get(category_id, category_id)):<{width}}{c.threshold:8.3f}{c.f1 * 100:7.1f}"
+            f"{c.precision * 100:7.1f}{c.recall * 100:7.1f}{c.num_gt:6d}{source}"
+        )
+    return "\n".join(lines)

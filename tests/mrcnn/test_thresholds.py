@@ -14,6 +14,7 @@ from mrcnn.thresholds import (
     apply_thresholds,
     best_f1_threshold,
     calibrate_thresholds,
+    format_thresholds,
 )
 
 CAT, DOG, BIRD = 1, 2, 3
@@ -126,3 +127,12 @@ def test_calibrate_refuses_a_bad_floor():
     gt, results = handmade_case()
     with pytest.raises(ValueError, match="floor"):
         calibrate_thresholds(gt, results, floor=1.5)
+
+
+def test_format_thresholds():
+    gt, results = handmade_case()
+    lines = format_thresholds(calibrate_thresholds(gt, results), {CAT: "cat", DOG: "dog"}).splitlines()
+    assert lines[0].split() == ["class", "thresh", "F1", "P", "R", "gt"]
+    assert lines[1].split() == ["cat", "0.400", "50.0", "62.5", "41.7", "12"]
+    assert lines[2].split()[0] == "dog" and lines[2].split()[-1] == "floor"
+    assert lines[3].split()[0] == "3"  # no name given: the id

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -111,3 +113,13 @@ def test_category_names_and_per_class_thresholds(tmp_path, gt, results):
     assert [row["name"] for row in report["per_class"]["bbox"]] == ["kitty", "dog"]
     assert _csv(tmp_path / "confusion_bbox.csv")[1] == ["kitty", "0", "0", "2"]  # no cat passes 0.95
     assert report["score_threshold"] == {str(CAT): 0.95}
+
+
+def test_importing_the_report_loads_no_plotting_nor_application_stack():
+    code = (
+        "import sys, mrcnn.report, mrcnn.thresholds; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'ray', 'mlflow')))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"  # matplotlib is imported only when a picture is drawn

@@ -205,16 +205,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- train
 def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values are parsed as YAML (numbers, booleans, lists)."""
-    import yaml
+    """``key=value`` pairs; values are parsed as YAML (numbers as people write them, ``1e-4`` included,
+    booleans, lists) by :func:`mrcnn.config.load_yaml`."""
+    from mrcnn.config import ConfigError, load_yaml
 
     overrides: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise CLIError(f"--set {pair!r}: expected KEY=VALUE, e.g. model.box_head.pooler=roi_pool")
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = load_yaml(f"--set {key.strip()}", text=value)
+        except ConfigError as exc:
+            raise CLIError(str(exc)) from None
     return overrides
+
+
+def _validated_run(run: Any, source: str) -> Any:
+    """The run config with every field checked against its type (numbers as people write them, e.g. a run
+    YAML's ``minutes: 1e1``, become numbers), its own checks and its model config (preset + overrides)
+    built and validated: a bad value is refused here, before Ray starts.
+
+    Raises:
+        CLIError: naming the field and the value.
+    """
+    from mrcnn.config import ConfigError, from_dict
+
+    try:
+        run = from_dict(type(run), {f.name: getattr(run, f.name) for f in dataclasses.fields(run)}, where=source)
+        run.validate()
+        run.model_config()
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    return run
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -238,6 +261,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = TrainRunConfig.from_yaml(args.config, **flags) if args.config else TrainRunConfig(**{k: v for k, v in flags.items() if v is not None})
     if args.set:
         run = dataclasses.replace(run, overrides={**run.overrides, **_parse_overrides(args.set)})
+    run = _validated_run(run, f"run config {args.config}" if args.config else "run config")
     if not run.tracking_uri:
         run = dataclasses.replace(run, tracking_uri=default_tracking_uri("."))
     result = train(run, ray_address=args.address)
@@ -659,12 +683,12 @@ def config_args(path: str | os.PathLike) -> list[str]:
     ``{"args": ["SRC", "OUT"], "num_shards": 8, "split": ["train", "val"]}`` ->
     ``["SRC", "OUT", "--num-shards", "8", "--split", "train", "--split", "val"]``.
     """
-    import yaml
+    from mrcnn.config import load_yaml
 
     source = Path(path)
     if not source.is_file():
         raise CLIError(f"--config {source}: no such file")
-    data = yaml.safe_load(source.read_text()) or {}
+    data = load_yaml(source) or {}
     if not isinstance(data, dict):
         raise CLIError(f"{source}: expected a mapping of flag names to values, got {type(data).__name__}")
     positional = data.pop("args", []) or []

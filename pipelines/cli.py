@@ -78,8 +78,26 @@ def _load_predictor(weights: str, arch: str | None, device: str, score_threshold
     return predictor
 
 
-def _predict_images(predictor, paths: list[Path], *, batch_size: int, image_ids: dict[str, int], overlay_dir: str | None):
-    """Predict every readable image; returns (COCO results, skipped [(path, reason)])."""
+def _image_names(inputs: Sequence[str]) -> list[tuple[Path, str]]:
+    """(path, name) of every image: files as given, folders expanded (sorted). The name is the path relative
+    to the images root: to the folder for a folder's images, as typed for a file (``cam1/0001.png``; an
+    absolute path inside the working folder relative to it)."""
+    named: list[tuple[Path, str]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            named.extend((p, p.relative_to(path).as_posix()) for p in _expand_images([item]))
+        elif path.is_absolute() and path.is_relative_to(Path.cwd()):
+            named.append((path, path.relative_to(Path.cwd()).as_posix()))
+        else:
+            named.append((path, path.as_posix()))
+    return named
+
+
+def _predict_images(predictor, named: list[tuple[Path, str]], *, batch_size: int, image_ids: dict[str, int],
+                    overlay_dir: str | None):  # fmt: skip
+    """Predict every readable image of ``(path, name)``; ``image_ids`` maps a name to its ground-truth id (and
+    the records then carry the ground truth's file_name). Returns (COCO results, skipped [(path, reason)])."""
     from PIL import Image
 
     from mrcnn.data.images import ImageDecodeError, load_image
@@ -88,46 +106,62 @@ def _predict_images(predictor, paths: list[Path], *, batch_size: int, image_ids:
 
     results: list[dict[str, Any]] = []
     skipped: list[tuple[Path, str]] = []
-    for start in range(0, len(paths), batch_size):
-        batch_paths, batch_images = [], []
-        for path in paths[start : start + batch_size]:
+    for start in range(0, len(named), batch_size):
+        batch, batch_images = [], []
+        for path, name in named[start : start + batch_size]:
             try:
                 batch_images.append(load_image(path))
-                batch_paths.append(path)
+                batch.append((path, name))
             except ImageDecodeError as exc:
                 skipped.append((path, str(exc)))
         if not batch_images:
             continue
-        for path, image, detections in zip(batch_paths, batch_images, predictor.predict(batch_images)):
+        for (path, name), image, detections in zip(batch, batch_images, predictor.predict(batch_images)):
             for det in detections:
-                results.append(coco_result(det, image_id=image_ids.get(path.name), file_name=path.name))
+                results.append(coco_result(det, image_id=image_ids.get(name), file_name=name))
             if overlay_dir:
-                Path(overlay_dir).mkdir(parents=True, exist_ok=True)
+                # Overlays keep the relative path (cam1/0001.png and cam2/0001.png do not overwrite each other).
+                inside = [p for p in Path(name).with_suffix(".png").parts if p not in ("..", "/")]
+                target = Path(overlay_dir).joinpath(*inside) if inside else Path(overlay_dir) / f"{path.stem}.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
                 drawn = draw_detections(image, detections, skeletons=predictor.categories.skeletons)
-                Image.fromarray(drawn).save(Path(overlay_dir) / f"{path.stem}.png")
+                Image.fromarray(drawn).save(target)
             print(f"{path}: {len(detections)} instances", file=sys.stderr)
     return results, skipped
 
 
-def _image_ids_from(annotations: str | None) -> dict[str, int]:
+def _image_ids_from(annotations: str | None, names: Sequence[str]) -> dict[str, Any]:
+    """Each name's image id in the ground truth ``annotations``, matched by path (``cam1/0001.png`` is not
+    ``cam2/0001.png``; a name that matches no image is left out: its records get no image_id); {} without
+    annotations.
+
+    Raises:
+        CLIError: a name that is ambiguous (several images share its base name and nothing more of its path).
+    """
     if not annotations:
         return {}
     from mrcnn.evaluation import load_coco_gt
+    from pipelines.evaluate import match_file_names
 
     gt = load_coco_gt(annotations)
-    return {Path(img["file_name"]).name: img["id"] for img in gt.dataset["images"]}
+    try:
+        return match_file_names(gt.dataset["images"], names, source=str(annotations))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    paths = _expand_images(args.images)
+    named = _image_names(args.images)
+    image_ids = _image_ids_from(args.annotations, [name for _, name in named])
     predictor = _load_predictor(args.weights, args.arch, args.device, args.score_threshold)
     results, skipped = _predict_images(
         predictor,
-        paths,
+        named,
         batch_size=args.batch_size,
-        image_ids=_image_ids_from(args.annotations),
+        image_ids=image_ids,
         overlay_dir=args.overlay_dir,
     )
+    paths = [path for path, _ in named]
     _write_json(args.out, results)
     print(f"{len(results)} detections on {len(paths) - len(skipped)} images -> {args.out}")
     for path, reason in skipped:
@@ -137,11 +171,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- eval
 def _attach_image_ids(results: list[dict[str, Any]], gt, source: str) -> list[dict[str, Any]]:
-    """Fill ``image_id`` from ``file_name`` for records that only name their file."""
-    by_name = {Path(img["file_name"]).name: img["id"] for img in gt.dataset["images"]}
+    """Fill ``image_id`` from ``file_name`` for records that only name their file (matched by path, as
+    ``mrcnn evaluate`` does: ``cam1/0001.png`` is not ``cam2/0001.png``; an ambiguous base name is refused)."""
+    from pipelines.evaluate import match_file_names
+
+    names = [str(record.get("file_name", "")) for record in results if "image_id" not in record]
+    try:
+        by_name = match_file_names(gt.dataset["images"], names, source=source)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     for index, record in enumerate(results):
         if "image_id" not in record:
-            name = Path(str(record.get("file_name", ""))).name
+            name = str(record.get("file_name", ""))
             if name not in by_name:
                 raise CLIError(f"{source}: record {index} has no image_id and file_name {name!r} is not in the ground truth")
             record["image_id"] = by_name[name]
@@ -192,9 +233,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         image_dir = Path(args.images)
         if not image_dir.is_dir():
             raise CLIError(f"{image_dir}: no such folder")
-        paths = [image_dir / img["file_name"] for img in gt.dataset["images"]]
+        # Each image is its ground-truth entry: the id comes with it, never from a name match.
+        named = [(image_dir / img["file_name"], str(img["file_name"])) for img in gt.dataset["images"]]
+        image_ids = {str(img["file_name"]): img["id"] for img in gt.dataset["images"]}
         results, skipped = _predict_images(
-            predictor, paths, batch_size=args.batch_size, image_ids=_image_ids_from(annotations), overlay_dir=None
+            predictor, named, batch_size=args.batch_size, image_ids=image_ids, overlay_dir=None
         )
         for path, reason in skipped:
             print(f"mrcnn: warning: skipped {reason}", file=sys.stderr)

@@ -80,18 +80,40 @@ def _load_predictor(weights: str, arch: str | None, device: str, score_threshold
 
 def _image_names(inputs: Sequence[str]) -> list[tuple[Path, str]]:
     """(path, name) of every image: files as given, folders expanded (sorted). The name is the path relative
-    to the images root: to the folder for a folder's images, as typed for a file (``cam1/0001.png``; an
-    absolute path inside the working folder relative to it)."""
+    to the images root: to the folder for a folder's images, as typed for a relative file path
+    (``cam1/0001.png``), the base name for an absolute one."""
     named: list[tuple[Path, str]] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             named.extend((p, p.relative_to(path).as_posix()) for p in _expand_images([item]))
-        elif path.is_absolute() and path.is_relative_to(Path.cwd()):
-            named.append((path, path.relative_to(Path.cwd()).as_posix()))
         else:
-            named.append((path, path.as_posix()))
+            named.append((path, path.name if path.is_absolute() else path.as_posix()))
     return named
+
+
+def _match_annotations(annotations: str | None, named: list[tuple[Path, str]]) -> tuple[list[tuple[Path, str]], dict[str, Any]]:
+    """With a ground truth: each image's name becomes its ``file_name`` there, matched by path (the name, or
+    the whole path where that is longer: ``cam1/0001.png`` is not ``cam2/0001.png``), and the ids
+    ``{file_name: image id}``; an image it does not list keeps its name and gets no id. Without: as given, {}.
+
+    Raises:
+        CLIError: an ambiguous name (several images share its base name and nothing more of its path).
+    """
+    if not annotations:
+        return named, {}
+    from mrcnn.evaluation import load_coco_gt
+    from pipelines.evaluate import match_file_names
+
+    images = load_coco_gt(annotations).dataset["images"]
+    keys = [name if len(Path(name).parts) >= len(path.parts) else path.as_posix() for path, name in named]
+    try:
+        matched = match_file_names(images, keys, source=str(annotations))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    file_names = {image["id"]: str(image["file_name"]) for image in images}
+    renamed = [(path, file_names[matched[key]] if key in matched else name) for (path, name), key in zip(named, keys)]
+    return renamed, {file_names[image_id]: image_id for image_id in matched.values()}
 
 
 def _predict_images(predictor, named: list[tuple[Path, str]], *, batch_size: int, image_ids: dict[str, int],
@@ -130,29 +152,8 @@ def _predict_images(predictor, named: list[tuple[Path, str]], *, batch_size: int
     return results, skipped
 
 
-def _image_ids_from(annotations: str | None, names: Sequence[str]) -> dict[str, Any]:
-    """Each name's image id in the ground truth ``annotations``, matched by path (``cam1/0001.png`` is not
-    ``cam2/0001.png``; a name that matches no image is left out: its records get no image_id); {} without
-    annotations.
-
-    Raises:
-        CLIError: a name that is ambiguous (several images share its base name and nothing more of its path).
-    """
-    if not annotations:
-        return {}
-    from mrcnn.evaluation import load_coco_gt
-    from pipelines.evaluate import match_file_names
-
-    gt = load_coco_gt(annotations)
-    try:
-        return match_file_names(gt.dataset["images"], names, source=str(annotations))
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    named = _image_names(args.images)
-    image_ids = _image_ids_from(args.annotations, [name for _, name in named])
+    named, image_ids = _match_annotations(args.annotations, _image_names(args.images))
     predictor = _load_predictor(args.weights, args.arch, args.device, args.score_threshold)
     results, skipped = _predict_images(
         predictor,

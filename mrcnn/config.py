@@ -7,6 +7,7 @@ Ray's ``train_loop_config``, to ``mlflow.log_params`` (flattened) and into every
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import types
@@ -54,6 +55,7 @@ def parse_number(text: str) -> int | float | None:
     return float(body.lower().replace(".inf", "inf").replace(".nan", "nan"))
 
 
+@functools.lru_cache(maxsize=1)
 def _yaml_loader() -> type:
     """A SafeLoader that also resolves YAML 1.2 floats without a dot (``1e-4``) as floats."""
     import yaml

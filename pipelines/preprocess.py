@@ -24,7 +24,11 @@ number of files is exactly ``num_shards``, and memory is bounded by the shards i
 (about ``rows_per_shard`` encoded images per running task), not by the dataset.
 
 Bad records are rejected with the reason codes of :mod:`mrcnn.data.coco` and never stop the
-job; an image with a bad annotation keeps its other annotations. Inputs and outputs are local
+job; an image with a bad annotation keeps its other annotations. Ids (image, annotation, category)
+are int64 throughout.
+
+A split is written into a staging folder ``OUT/_staging-<split>-*`` and moved into ``OUT/<split>``
+when complete, ``OUT/categories.json`` last: a run that fails leaves ``OUT`` as it was. Inputs and outputs are local
 paths or pyarrow filesystem URIs (``s3://bucket/prefix``).
 """
 

@@ -252,7 +252,7 @@ def _gt_with(objects: list[tuple[object, int, int, int, int]], image_ids: list[o
     }
 
 
-def _pycocotools_stats(gt: dict, results: list[dict], iou_type: str) -> np.ndarray:
+def _direct_pycocotools_stats(gt: dict, results: list[dict], iou_type: str) -> np.ndarray:
     """pycocotools' COCOeval run directly on the inputs as given (the reference)."""
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
@@ -299,7 +299,7 @@ def test_string_image_ids_give_pycocotools_numbers(backend):
     gt, results = _string_id_case()
     metrics = evaluate_coco(gt, results, backend=backend)
     for iou_type in ("bbox", "segm"):
-        reference = _pycocotools_stats(gt, results, iou_type)
+        reference = _direct_pycocotools_stats(gt, results, iou_type)
         assert 0 < reference[0] < 100  # a definite number, not a trivial 0 or 100
         got = np.array([metrics[iou_type][name] for name in STAT_NAMES])
         np.testing.assert_allclose(got, np.where(reference > -100, reference, -1.0), atol=1e-9)
@@ -319,6 +319,6 @@ def test_faster_backend_refusal_falls_back_to_pycocotools(monkeypatch, caplog):
     gt, results = _string_id_case()
     with caplog.at_level("WARNING", logger="mrcnn.evaluation"):
         metrics = evaluate_coco(gt, results, iou_types=("bbox",), backend="faster-coco-eval")
-    assert metrics["bbox"]["AP"] == pytest.approx(_pycocotools_stats(gt, results, "bbox")[0])
+    assert metrics["bbox"]["AP"] == pytest.approx(_direct_pycocotools_stats(gt, results, "bbox")[0])
     lines = [r.getMessage() for r in caplog.records if "using pycocotools" in r.getMessage()]
     assert len(lines) == 1 and "\n" not in lines[0]

@@ -7,6 +7,9 @@ Ray's ``train_loop_config``, to ``mlflow.log_params`` (flattened) and into every
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +27,76 @@ RESNET_DEPTHS = (18, 34, 50, 101)
 
 class ConfigError(ValueError):
     """A config value is invalid or a config dict has an unknown key."""
+
+
+# A number as people write it: YAML 1.2's int and float (``1e-4``, ``2E-4``, ``.5``, ``+3``, ``1.``) plus
+# Python's digit separators (``1_000``). YAML 1.1, which PyYAML reads, needs a dot in a float, so
+# ``1e-4`` would otherwise stay the string "1e-4".
+_NUMBER = re.compile(
+    r"""[-+]?(?:
+        (?P<int>[0-9](?:_?[0-9])*)
+      | (?:[0-9](?:_?[0-9])*\.(?:[0-9](?:_?[0-9])*)?|\.[0-9](?:_?[0-9])*)(?:[eE][-+]?[0-9]+)?
+      | [0-9](?:_?[0-9])*[eE][-+]?[0-9]+
+      | \.(?:inf|Inf|INF) | \.(?:nan|NaN|NAN)
+    )""",
+    re.VERBOSE,
+)
+
+
+def parse_number(text: str) -> int | float | None:
+    """The int or float that ``text`` writes (``"1e-4"`` -> 0.0001, ``"1_000"`` -> 1000, ``".5"`` -> 0.5,
+    ``".inf"`` -> inf), or None when it is not a number."""
+    match = _NUMBER.fullmatch(text.strip())
+    if match is None:
+        return None
+    body = text.strip().replace("_", "")
+    if match.group("int") is not None:
+        return int(body)
+    return float(body.lower().replace(".inf", "inf").replace(".nan", "nan"))
+
+
+@functools.lru_cache(maxsize=1)
+def _yaml_loader() -> type:
+    """A SafeLoader that also resolves YAML 1.2 floats without a dot (``1e-4``) as floats."""
+    import yaml
+
+    class NumberLoader(yaml.SafeLoader):
+        pass
+
+    NumberLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return NumberLoader
+
+
+def load_yaml(source: str | os.PathLike, *, text: str | None = None) -> Any:
+    """Parse a YAML config: every config read (run YAML, job YAML, ``--set`` values) goes through here.
+
+    Numbers are read as people write them: ``1e-4`` and ``2E-4`` are floats (YAML 1.2), not strings as
+    in YAML 1.1; everything else is PyYAML's safe loading.
+
+    Args:
+        source: a YAML file, or a name for messages when ``text`` is given.
+        text: the YAML text itself (then ``source`` is not read).
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist (and no ``text``).
+        ConfigError: not valid YAML (the message names ``source`` and the line).
+    """
+    import yaml
+
+    if text is None:
+        try:
+            with open(source, encoding="utf-8") as handle:
+                text = handle.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{source}: no such file") from None
+    try:
+        return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({' '.join(str(exc).split())})") from None
 
 
 def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
@@ -333,6 +406,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return None
         non_none = [a for a in typing.get_args(tp) if a is not type(None)]
         return _coerce(non_none[0], value, where)
+    if tp in (int, float) and isinstance(value, str):  # "1e-4" from a YAML 1.1 reader or a quoted value
+        number = parse_number(value)
+        if number is not None:
+            value = number
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp is int and isinstance(value, float) and value.is_integer():

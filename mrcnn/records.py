@@ -16,7 +16,7 @@ SHARD_COLUMNS: dict[str, str] = {
     "image": "binary",
     "boxes": "list<list<float32>[4]>",
     "labels": "list<int32>",
-    "category_ids": "list<int32>",
+    "category_ids": "list<int64>",  # the dataset's ids are 64-bit; shards written before read as int32
     "masks_rle": "list<string>",
     "iscrowd": "list<int8>",
     "area": "list<float32>",
@@ -51,7 +51,7 @@ SEGMENT_COLUMNS: dict[str, str] = {
     "height": "int32",
     "width": "int32",
     "labels": "list<int32>",  # contiguous 1..K
-    "category_ids": "list<int32>",
+    "category_ids": "list<int64>",
     "category_names": "list<string>",
     "scores": "list<float32>",
     "boxes": "list<list<float32>[4]>",  # XYXY, absolute pixels

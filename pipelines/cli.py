@@ -78,8 +78,48 @@ def _load_predictor(weights: str, arch: str | None, device: str, score_threshold
     return predictor
 
 
-def _predict_images(predictor, paths: list[Path], *, batch_size: int, image_ids: dict[str, int], overlay_dir: str | None):
-    """Predict every readable image; returns (COCO results, skipped [(path, reason)])."""
+def _image_names(inputs: Sequence[str]) -> list[tuple[Path, str]]:
+    """(path, name) of every image: files as given, folders expanded (sorted). The name is the path relative
+    to the images root: to the folder for a folder's images, as typed for a relative file path
+    (``cam1/0001.png``), the base name for an absolute one."""
+    named: list[tuple[Path, str]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            named.extend((p, p.relative_to(path).as_posix()) for p in _expand_images([item]))
+        else:
+            named.append((path, path.name if path.is_absolute() else path.as_posix()))
+    return named
+
+
+def _match_annotations(annotations: str | None, named: list[tuple[Path, str]]) -> tuple[list[tuple[Path, str]], dict[str, Any]]:
+    """With a ground truth: each image's name becomes its ``file_name`` there, matched by path (the name, or
+    the whole path where that is longer: ``cam1/0001.png`` is not ``cam2/0001.png``), and the ids
+    ``{file_name: image id}``; an image it does not list keeps its name and gets no id. Without: as given, {}.
+
+    Raises:
+        CLIError: an ambiguous name (several images share its base name and nothing more of its path).
+    """
+    if not annotations:
+        return named, {}
+    from mrcnn.evaluation import load_coco_gt
+    from pipelines.evaluate import match_file_names
+
+    images = load_coco_gt(annotations).dataset["images"]
+    keys = [name if len(Path(name).parts) >= len(path.parts) else path.as_posix() for path, name in named]
+    try:
+        matched = match_file_names(images, keys, source=str(annotations))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    file_names = {image["id"]: str(image["file_name"]) for image in images}
+    renamed = [(path, file_names[matched[key]] if key in matched else name) for (path, name), key in zip(named, keys)]
+    return renamed, {file_names[image_id]: image_id for image_id in matched.values()}
+
+
+def _predict_images(predictor, named: list[tuple[Path, str]], *, batch_size: int, image_ids: dict[str, int],
+                    overlay_dir: str | None):  # fmt: skip
+    """Predict every readable image of ``(path, name)``; ``image_ids`` maps a name to its ground-truth id (and
+    the records then carry the ground truth's file_name). Returns (COCO results, skipped [(path, reason)])."""
     from PIL import Image
 
     from mrcnn.data.images import ImageDecodeError, load_image
@@ -88,46 +128,41 @@ def _predict_images(predictor, paths: list[Path], *, batch_size: int, image_ids:
 
     results: list[dict[str, Any]] = []
     skipped: list[tuple[Path, str]] = []
-    for start in range(0, len(paths), batch_size):
-        batch_paths, batch_images = [], []
-        for path in paths[start : start + batch_size]:
+    for start in range(0, len(named), batch_size):
+        batch, batch_images = [], []
+        for path, name in named[start : start + batch_size]:
             try:
                 batch_images.append(load_image(path))
-                batch_paths.append(path)
+                batch.append((path, name))
             except ImageDecodeError as exc:
                 skipped.append((path, str(exc)))
         if not batch_images:
             continue
-        for path, image, detections in zip(batch_paths, batch_images, predictor.predict(batch_images)):
+        for (path, name), image, detections in zip(batch, batch_images, predictor.predict(batch_images)):
             for det in detections:
-                results.append(coco_result(det, image_id=image_ids.get(path.name), file_name=path.name))
+                results.append(coco_result(det, image_id=image_ids.get(name), file_name=name))
             if overlay_dir:
-                Path(overlay_dir).mkdir(parents=True, exist_ok=True)
+                # Overlays keep the relative path (cam1/0001.png and cam2/0001.png do not overwrite each other).
+                inside = [p for p in Path(name).with_suffix(".png").parts if p not in ("..", "/")]
+                target = Path(overlay_dir).joinpath(*inside) if inside else Path(overlay_dir) / f"{path.stem}.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
                 drawn = draw_detections(image, detections, skeletons=predictor.categories.skeletons)
-                Image.fromarray(drawn).save(Path(overlay_dir) / f"{path.stem}.png")
+                Image.fromarray(drawn).save(target)
             print(f"{path}: {len(detections)} instances", file=sys.stderr)
     return results, skipped
 
 
-def _image_ids_from(annotations: str | None) -> dict[str, int]:
-    if not annotations:
-        return {}
-    from mrcnn.evaluation import load_coco_gt
-
-    gt = load_coco_gt(annotations)
-    return {Path(img["file_name"]).name: img["id"] for img in gt.dataset["images"]}
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    paths = _expand_images(args.images)
+    named, image_ids = _match_annotations(args.annotations, _image_names(args.images))
     predictor = _load_predictor(args.weights, args.arch, args.device, args.score_threshold)
     results, skipped = _predict_images(
         predictor,
-        paths,
+        named,
         batch_size=args.batch_size,
-        image_ids=_image_ids_from(args.annotations),
+        image_ids=image_ids,
         overlay_dir=args.overlay_dir,
     )
+    paths = [path for path, _ in named]
     _write_json(args.out, results)
     print(f"{len(results)} detections on {len(paths) - len(skipped)} images -> {args.out}")
     for path, reason in skipped:
@@ -137,11 +172,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- eval
 def _attach_image_ids(results: list[dict[str, Any]], gt, source: str) -> list[dict[str, Any]]:
-    """Fill ``image_id`` from ``file_name`` for records that only name their file."""
-    by_name = {Path(img["file_name"]).name: img["id"] for img in gt.dataset["images"]}
+    """Fill ``image_id`` from ``file_name`` for records that only name their file (matched by path, as
+    ``mrcnn evaluate`` does: ``cam1/0001.png`` is not ``cam2/0001.png``; an ambiguous base name is refused)."""
+    from pipelines.evaluate import match_file_names
+
+    names = [str(record.get("file_name", "")) for record in results if "image_id" not in record]
+    try:
+        by_name = match_file_names(gt.dataset["images"], names, source=source)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     for index, record in enumerate(results):
         if "image_id" not in record:
-            name = Path(str(record.get("file_name", ""))).name
+            name = str(record.get("file_name", ""))
             if name not in by_name:
                 raise CLIError(f"{source}: record {index} has no image_id and file_name {name!r} is not in the ground truth")
             record["image_id"] = by_name[name]
@@ -192,9 +234,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         image_dir = Path(args.images)
         if not image_dir.is_dir():
             raise CLIError(f"{image_dir}: no such folder")
-        paths = [image_dir / img["file_name"] for img in gt.dataset["images"]]
+        # Each image is its ground-truth entry: the id comes with it, never from a name match.
+        named = [(image_dir / img["file_name"], str(img["file_name"])) for img in gt.dataset["images"]]
+        image_ids = {str(img["file_name"]): img["id"] for img in gt.dataset["images"]}
         results, skipped = _predict_images(
-            predictor, paths, batch_size=args.batch_size, image_ids=_image_ids_from(annotations), overlay_dir=None
+            predictor, named, batch_size=args.batch_size, image_ids=image_ids, overlay_dir=None
         )
         for path, reason in skipped:
             print(f"mrcnn: warning: skipped {reason}", file=sys.stderr)
@@ -205,16 +249,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- train
 def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values are parsed as YAML (numbers, booleans, lists)."""
-    import yaml
+    """``key=value`` pairs; values are parsed as YAML (numbers as people write them, ``1e-4`` included,
+    booleans, lists) by :func:`mrcnn.config.load_yaml`."""
+    from mrcnn.config import ConfigError, load_yaml
 
     overrides: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise CLIError(f"--set {pair!r}: expected KEY=VALUE, e.g. model.box_head.pooler=roi_pool")
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = load_yaml(f"--set {key.strip()}", text=value)
+        except ConfigError as exc:
+            raise CLIError(str(exc)) from None
     return overrides
+
+
+def _validated_run(run: Any, source: str) -> Any:
+    """The run config with every field checked against its type (numbers as people write them, e.g. a run
+    YAML's ``minutes: 1e1``, become numbers), its own checks and its model config (preset + overrides)
+    built and validated: a bad value is refused here, before Ray starts.
+
+    Raises:
+        CLIError: naming the field and the value.
+    """
+    from mrcnn.config import ConfigError, from_dict
+
+    try:
+        run = from_dict(type(run), {f.name: getattr(run, f.name) for f in dataclasses.fields(run)}, where=source)
+        run.validate()
+        run.model_config()
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    return run
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -238,6 +305,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = TrainRunConfig.from_yaml(args.config, **flags) if args.config else TrainRunConfig(**{k: v for k, v in flags.items() if v is not None})
     if args.set:
         run = dataclasses.replace(run, overrides={**run.overrides, **_parse_overrides(args.set)})
+    run = _validated_run(run, f"run config {args.config}" if args.config else "run config")
     if not run.tracking_uri:
         run = dataclasses.replace(run, tracking_uri=default_tracking_uri("."))
     result = train(run, ray_address=args.address)
@@ -659,12 +727,12 @@ def config_args(path: str | os.PathLike) -> list[str]:
     ``{"args": ["SRC", "OUT"], "num_shards": 8, "split": ["train", "val"]}`` ->
     ``["SRC", "OUT", "--num-shards", "8", "--split", "train", "--split", "val"]``.
     """
-    import yaml
+    from mrcnn.config import load_yaml
 
     source = Path(path)
     if not source.is_file():
         raise CLIError(f"--config {source}: no such file")
-    data = yaml.safe_load(source.read_text()) or {}
+    data = load_yaml(source) or {}
     if not isinstance(data, dict):
         raise CLIError(f"{source}: expected a mapping of flag names to values, got {type(data).__name__}")
     positional = data.pop("args", []) or []

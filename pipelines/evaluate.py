@@ -24,13 +24,14 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
 from pipelines.shards import display_path, join_path, read_uri, resolve_path
 
-__all__ = ["EvaluationSummary", "evaluate"]
+__all__ = ["EvaluationSummary", "evaluate", "match_file_names"]
 
 METRICS_FILE = "metrics.json"
 DETECTIONS_DIR = "detections"
@@ -90,22 +91,73 @@ def _ground_truth(data: str | None, annotations: str | None, images: str | None)
     return gt, images, f"{annotations} + {images}"
 
 
-def _attach_ids(results: list[dict[str, Any]], gt: dict) -> tuple[list[dict[str, Any]], int]:
-    """Give folder results their ``image_id`` from ``file_name``; drop images the ground truth does not list."""
-    by_name: dict[str, int] = {}
-    for image in gt["images"]:
-        name = str(image["file_name"])
-        by_name[name] = image["id"]
-        by_name.setdefault(PurePosixPath(name).name, image["id"])
+def _parts(name: str) -> tuple[str, ...]:
+    """A file name's path components (``/`` or ``\\`` separated; ``.`` and empty components dropped)."""
+    return tuple(p for p in PurePosixPath(str(name).replace("\\", "/")).parts if p not in (".", "/"))
+
+
+def match_file_names(images: list[dict], names: Iterable[str], *, source: str) -> dict[str, Any]:
+    """The ground-truth image id of each file name, matched by path, never by base name alone.
+
+    A name matches the ground-truth image whose ``file_name`` shares the longest run of trailing path
+    components with it (``cam1/0001.png`` and ``/data/cam1/0001.png`` both match ``cam1/0001.png``, not
+    ``cam2/0001.png``; a lone ``0001.png`` matches when only one image has that base name).
+
+    Args:
+        images: the ground truth's ``images`` (``id``, ``file_name``).
+        names: file names or paths of predicted images.
+        source: the ground truth, for messages.
+
+    Returns:
+        ``{name: image id}`` for every name that matches (a name that matches no image is left out).
+
+    Raises:
+        ValueError: a name matches several images equally well (an ambiguous base name), naming them.
+    """
+    by_base: dict[str, list[tuple[tuple[str, ...], Any, str]]] = {}
+    for image in images:
+        parts = _parts(image["file_name"])
+        if parts:
+            by_base.setdefault(parts[-1], []).append((parts, image["id"], str(image["file_name"])))
+    matched: dict[str, Any] = {}
+    for name in dict.fromkeys(names):
+        parts = _parts(name)
+        candidates = by_base.get(parts[-1], []) if parts else []
+        if not candidates:
+            continue
+        scored = []
+        for gt_parts, image_id, file_name in candidates:
+            common = 0
+            while common < min(len(parts), len(gt_parts)) and parts[-1 - common] == gt_parts[-1 - common]:
+                common += 1
+            if gt_parts == parts:  # the very same relative path wins over a longer one that ends with it
+                common = len(parts) + 1
+            scored.append((common, image_id, file_name))
+        best = max(common for common, _, _ in scored)
+        tied = [(image_id, file_name) for common, image_id, file_name in scored if common == best]
+        if len(tied) > 1:
+            listed = ", ".join(f"{f} (id {i})" for i, f in tied[:5])
+            raise ValueError(
+                f"{name}: ambiguous in {source}: {len(tied)} images match it ({listed}); give the path relative "
+                f"to the images root, as the ground truth's file_name"
+            )
+        matched[name] = tied[0][0]
+    return matched
+
+
+def _attach_ids(results: list[dict[str, Any]], gt: dict, source: str = "the ground truth") -> tuple[list[dict[str, Any]], int]:
+    """Give folder results their ``image_id`` from ``file_name`` (matched by path, see
+    :func:`match_file_names`); drop images the ground truth does not list."""
+    names = [str(r.get("file_name", "")) for r in results if r.get("image_id") is None]
+    by_name = match_file_names(gt["images"], names, source=source)
     kept, dropped = [], set()
     for record in results:
         if record.get("image_id") is None:
             name = str(record.get("file_name", ""))
-            image_id = by_name.get(name, by_name.get(PurePosixPath(name).name))
-            if image_id is None:
+            if name not in by_name:
                 dropped.add(name)
                 continue
-            record["image_id"] = image_id
+            record["image_id"] = by_name[name]
         kept.append(record)
     return kept, len(dropped)
 
@@ -165,7 +217,7 @@ def evaluate(
             batch_size=batch_size, score_threshold=score_threshold, output_format="coco", overwrite=overwrite,
             cpus_per_worker=cpus_per_worker, tracking_uri=tracking_uri, ray_address=ray_address,
         )  # fmt: skip
-    results, num_unlisted = _attach_ids(_read_json(summary.outputs["results"]), gt)
+    results, num_unlisted = _attach_ids(_read_json(summary.outputs["results"]), gt, described)
     if num_unlisted:
         print(f"[evaluate] {num_unlisted} images of {source} are not in the ground truth: left out", file=sys.stderr)
     iou_types = checkpoint.config.model.iou_types  # bbox, + segm with masks, + keypoints for a keypoint model

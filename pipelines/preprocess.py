@@ -24,7 +24,11 @@ number of files is exactly ``num_shards``, and memory is bounded by the shards i
 (about ``rows_per_shard`` encoded images per running task), not by the dataset.
 
 Bad records are rejected with the reason codes of :mod:`mrcnn.data.coco` and never stop the
-job; an image with a bad annotation keeps its other annotations. Inputs and outputs are local
+job; an image with a bad annotation keeps its other annotations. Ids (image, annotation, category)
+are int64 throughout.
+
+A split is written into a staging folder ``OUT/_staging-<split>-*`` and moved into ``OUT/<split>``
+when complete, ``OUT/categories.json`` last: a run that fails leaves ``OUT`` as it was. Inputs and outputs are local
 paths or pyarrow filesystem URIs (``s3://bucket/prefix``).
 """
 
@@ -36,6 +40,7 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -319,7 +324,7 @@ def _input_table(records, shard: int) -> pa.Table:
     flat = {
         "boxes": pa.FixedSizeListArray.from_arrays(pa.array(flat_boxes, type=pa.float32()), 4),
         "labels": pa.array(np.asarray([a.label for a in annotations], dtype=np.int32)),
-        "category_ids": pa.array(np.asarray([a.category_id for a in annotations], dtype=np.int32)),
+        "category_ids": pa.array(np.asarray([a.category_id for a in annotations], dtype=np.int64)),
         "masks_rle": pa.array([a.rle["counts"] for a in annotations], type=pa.string()),
         "iscrowd": pa.array(np.asarray([a.iscrowd for a in annotations], dtype=np.int8)),
         "area": pa.array(np.asarray([a.area for a in annotations], dtype=np.float32)),
@@ -374,8 +379,9 @@ def _write_text(fs: pafs.FileSystem, path: str, text: str) -> None:
         stream.write(text.encode())
 
 
-def _write_categories(categories: CategoryMap, fs: pafs.FileSystem, out_path: str, shown: str) -> None:
-    """Write ``OUT/categories.json`` (CategoryMap.save_json's bytes); refuse to change an existing one."""
+def _categories_text(categories: CategoryMap, fs: pafs.FileSystem, out_path: str, shown: str) -> str | None:
+    """``OUT/categories.json``'s bytes (CategoryMap.save_json's) to write, or None when the same map is
+    already there; refuses a different existing one (checked before anything is written)."""
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, CATEGORIES_FILE)
         categories.save_json(local)
@@ -388,8 +394,30 @@ def _write_categories(categories: CategoryMap, fs: pafs.FileSystem, out_path: st
                 f"{shown}: exists with different categories than this dataset's; the splits of one output "
                 f"folder must share one category map (delete it, or write to another folder)"
             )
+        return None
+    return text
+
+
+def _publish(fs: pafs.FileSystem, staging: str, split_dir: str) -> None:
+    """Move a finished split from its staging folder into ``OUT/<split>`` (a rename where there was none;
+    else the old shards are removed and the new files moved in, ``_summary.json`` last)."""
+    if fs.get_file_info(split_dir).type == pafs.FileType.NotFound:
+        fs.move(staging, split_dir)
         return
-    _write_text(fs, path, text)
+    _remove_old_shards(fs, split_dir)
+    names = [info.base_name for info in fs.get_file_info(pafs.FileSelector(staging))]
+    for name in sorted(names, key=lambda n: n == SUMMARY_FILE):
+        fs.move(join_path(staging, name), join_path(split_dir, name))
+    fs.delete_dir(staging)
+
+
+def _discard(fs: pafs.FileSystem, staging: str, out_root: str, out_existed: bool) -> None:
+    """After a failure: remove the staging folder, and ``OUT`` itself when this run created it and it is empty."""
+    if fs.get_file_info(staging).type == pafs.FileType.Directory:
+        fs.delete_dir(staging)
+    if not out_existed and fs.get_file_info(out_root).type == pafs.FileType.Directory:
+        if not fs.get_file_info(pafs.FileSelector(out_root)):
+            fs.delete_dir(out_root)
 
 
 def _remove_old_shards(fs: pafs.FileSystem, split_dir: str) -> None:
@@ -469,26 +497,59 @@ def preprocess_coco(
         raise FileNotFoundError(f"image folder not found: {images}")
     out_fs, out_root = resolve_path(out)
     split_dir = join_path(out_root, split)
-    shown_split_dir = display_path(out, out_fs, split_dir)
 
     result, files, num_json_images = _load_annotations(annotations)
     source, categories, json_rejects = result.source, result.categories, result.rejects
     num_valid_annotations = result.num_annotations
     records = result.records
     del result  # the records go to the object store as Arrow tables below; keep one copy
-    out_fs.create_dir(split_dir, recursive=True)
-    _write_categories(categories, out_fs, out_root, display_path(out, out_fs, join_path(out_root, CATEGORIES_FILE)))
-    _remove_old_shards(out_fs, split_dir)
+    categories_path = join_path(out_root, CATEGORIES_FILE)
+    categories_text = _categories_text(categories, out_fs, out_root, display_path(out, out_fs, categories_path))
+    # Everything is written into a staging folder and moved into place at the end, categories.json last:
+    # a failure leaves OUT as it was (no half-written split, no categories.json in an otherwise empty folder).
+    out_existed = out_fs.get_file_info(out_root).type != pafs.FileType.NotFound
+    staging = join_path(out_root, f"_staging-{split}-{uuid.uuid4().hex[:12]}")
+    out_fs.create_dir(staging, recursive=True)
+    try:
+        num_shards, write_returns = _write_shards(
+            records, out_fs, staging, num_shards=num_shards, rows_per_shard=rows_per_shard, batch_size=batch_size,
+            ray_address=ray_address, progress=progress, image_fs=image_fs, image_root=image_root, images=images,
+            source=source, header=f"{split}: {num_json_images} images, {num_valid_annotations} valid instances in "
+            f"{source}; {len(json_rejects)} json rejects",
+        )  # fmt: skip
+        summary = _finish_split(
+            out, out_fs, staging, split_dir, split=split, source=source, images=images, files=files,
+            json_rejects=json_rejects, write_returns=write_returns, num_shards=num_shards,
+            num_json_images=num_json_images, start=start,
+        )  # fmt: skip
+        _publish(out_fs, staging, split_dir)
+        if categories_text is not None:
+            _write_text(out_fs, categories_path, categories_text)
+    except BaseException:
+        _discard(out_fs, staging, out_root, out_existed)
+        raise
+    if progress:
+        rejected = ", ".join(f"{k} {v}" for k, v in summary.rejects_by_reason.items()) or "none"
+        print(
+            f"{split}: wrote {summary.num_rows} rows in {num_shards} shard(s) in {summary.seconds:.1f} s "
+            f"({summary.images_per_second:.1f} images/s); rejects: {rejected}",
+            file=sys.stderr,
+        )
+    return summary
+
+
+def _write_shards(
+    records, fs: pafs.FileSystem, split_dir: str, *, num_shards, rows_per_shard, batch_size, ray_address, progress,
+    image_fs, image_root, images, source, header,
+) -> tuple[int, list[dict]]:
+    """Read, check and write every record's image into ``split_dir``'s shards on Ray; (num_shards, the
+    datasink's write returns: per task its shard stats and image rejects)."""
     with ray_session(ray_address):
         import ray
 
         num_shards = _choose_num_shards(len(records), num_shards, rows_per_shard, batch_size)
         if progress:
-            print(
-                f"{split}: {num_json_images} images, {num_valid_annotations} valid instances in {source}; "
-                f"{len(json_rejects)} json rejects; reading {len(records)} images into {num_shards} shard(s)",
-                file=sys.stderr,
-            )
+            print(f"{header}; reading {len(records)} images into {num_shards} shard(s)", file=sys.stderr)
         context = ray.data.DataContext.get_current()
         previous_progress_bars, previous_block_size = context.enable_progress_bars, context.target_max_block_size
         context.enable_progress_bars = progress and previous_progress_bars
@@ -499,10 +560,10 @@ def preprocess_coco(
         for shard, (lo, hi) in enumerate(_shard_bounds(len(records), num_shards)):
             if hi > lo:
                 input_refs.append(ray.put(_input_table(records[lo:hi], shard)))
-        del records
+        records.clear()  # the rows now live in the object store as Arrow tables; keep one copy
         write_returns: list[dict] = []
         if input_refs:
-            sink = _make_datasink(out_fs, split_dir, num_shards)
+            sink = _make_datasink(fs, split_dir, num_shards)
             dataset = ray.data.from_arrow_refs(input_refs).map_batches(
                 read_and_check_images,
                 batch_size=batch_size,
@@ -529,9 +590,16 @@ def preprocess_coco(
     schema = shard_schema()
     for shard in range(num_shards):
         if shard not in written:
-            with out_fs.open_output_stream(join_path(split_dir, shard_file_name(shard, num_shards))) as stream:
+            with fs.open_output_stream(join_path(split_dir, shard_file_name(shard, num_shards))) as stream:
                 pq.write_table(schema.empty_table(), stream)
+    return num_shards, write_returns
 
+
+def _finish_split(
+    out, out_fs: pafs.FileSystem, staging: str, split_dir: str, *, split, source, images, files, json_rejects,
+    write_returns, num_shards, num_json_images, start,
+) -> PreprocessSummary:
+    """Write ``rejects.jsonl`` and ``_summary.json`` into the staging folder; the summary names the final paths."""
     rejects = [
         {
             "image_id": r.image_id,
@@ -550,12 +618,12 @@ def preprocess_coco(
             totals.update(stats)
 
     rejects_path = join_path(split_dir, REJECTS_FILE)
-    _write_text(out_fs, rejects_path, "".join(json.dumps(r) + "\n" for r in rejects))
+    _write_text(out_fs, join_path(staging, REJECTS_FILE), "".join(json.dumps(r) + "\n" for r in rejects))
     summary = PreprocessSummary(
         split=split,
         annotations=source,
         images=os.fspath(images),
-        out_dir=shown_split_dir,
+        out_dir=display_path(out, out_fs, split_dir),
         num_images=num_json_images,
         num_rows=totals["rows"],
         num_annotations=totals["annotations"],
@@ -564,19 +632,12 @@ def preprocess_coco(
         shard_paths=tuple(
             display_path(out, out_fs, join_path(split_dir, shard_file_name(i, num_shards))) for i in range(num_shards)
         ),
-        categories_path=display_path(out, out_fs, join_path(out_root, CATEGORIES_FILE)),
+        categories_path=display_path(out, out_fs, join_path(split_dir.rsplit("/", 1)[0], CATEGORIES_FILE)),
         rejects_path=display_path(out, out_fs, rejects_path),
         summary_path=display_path(out, out_fs, join_path(split_dir, SUMMARY_FILE)),
         seconds=time.perf_counter() - start,
     )
-    _write_text(out_fs, join_path(split_dir, SUMMARY_FILE), json.dumps(summary.to_dict(), indent=1) + "\n")
-    if progress:
-        rejected = ", ".join(f"{k} {v}" for k, v in summary.rejects_by_reason.items()) or "none"
-        print(
-            f"{split}: wrote {summary.num_rows} rows in {num_shards} shard(s) in {summary.seconds:.1f} s "
-            f"({summary.images_per_second:.1f} images/s); rejects: {rejected}",
-            file=sys.stderr,
-        )
+    _write_text(out_fs, join_path(staging, SUMMARY_FILE), json.dumps(summary.to_dict(), indent=1) + "\n")
     return summary
 
 

@@ -16,6 +16,7 @@ Typical use in a training loop::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -45,6 +46,8 @@ __all__ = [
     "shard_schema",
     "shards_to_coco_gt",
 ]
+
+logger = logging.getLogger(__name__)
 
 CATEGORIES_FILE = "categories.json"
 SHARD_FILE_PATTERN = re.compile(r"part-(\d{5,})-of-(\d{5,})\.parquet")
@@ -168,6 +171,8 @@ def collate_shard_batch(
         and B target dicts as built by :func:`mrcnn.data.dataset.build_target_from_columns`
         (``boxes`` float32 [M, 4] XYXY absolute pixels, ``labels`` int64, ``masks`` uint8
         [M, H_i, W_i], ``iscrowd``, ``area``, ``image_id``, ``keypoints`` [M, K, 3] when the shards have them).
+        An instance whose float32 box has no positive width or height (shards written before validation
+        checked it) is left out with a warning on this module's logger.
 
     Raises:
         ImageDecodeError: a row's image bytes cannot be decoded.
@@ -189,23 +194,38 @@ def collate_shard_batch(
                 f"{width}x{height}"
             )
         images.append(image_to_tensor(pixels))
-        boxes = instance_columns["boxes"][row]
+        boxes = [np.asarray(box, dtype=np.float32) for box in instance_columns["boxes"][row]]
+        keep = _nondegenerate(boxes, source)
+        instances = {name: [values[row][i] for i in keep] for name, values in instance_columns.items() if name != "boxes"}
         targets.append(
             build_target_from_columns(
-                boxes=[np.asarray(box, dtype=np.float32) for box in boxes],
-                labels=np.asarray(instance_columns["labels"][row], dtype=np.int64),
-                masks_rle=[str(rle) for rle in instance_columns["masks_rle"][row]],
-                iscrowd=np.asarray(instance_columns["iscrowd"][row], dtype=np.uint8),
-                area=np.asarray(instance_columns["area"][row], dtype=np.float32),
+                boxes=[boxes[i] for i in keep],
+                labels=np.asarray(instances["labels"], dtype=np.int64),
+                masks_rle=[str(rle) for rle in instances["masks_rle"]],
+                iscrowd=np.asarray(instances["iscrowd"], dtype=np.uint8),
+                area=np.asarray(instances["area"], dtype=np.float32),
                 height=height,
                 width=width,
                 include_crowd=include_crowd,
                 image_id=image_id,
-                keypoints=None if keypoint_rows is None else [list(k) for k in keypoint_rows[row]],
+                keypoints=None if keypoint_rows is None else [list(keypoint_rows[row][i]) for i in keep],
                 num_keypoints=num_keypoints,
             )
         )
     return images, targets
+
+
+def _nondegenerate(boxes: list[np.ndarray], source: str) -> list[int]:
+    """Indices of the boxes (float32 XYXY) with a positive, finite width and height; each other box is
+    dropped with a warning (with its mask, label and keypoints), so that one annotation never stops a run."""
+    keep = []
+    for index, box in enumerate(boxes):
+        if box.shape == (4,) and np.isfinite(box).all() and box[2] > box[0] and box[3] > box[1]:
+            keep.append(index)
+        else:
+            logger.warning("%s: instance %d has a degenerate box %s (XYXY float32); dropped from the batch",
+                           source, index, box.tolist())  # fmt: skip
+    return keep
 
 
 def shards_to_coco_gt(split_dir: str | os.PathLike) -> dict:

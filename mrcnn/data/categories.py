@@ -91,6 +91,8 @@ class CategoryMap:
                 raise ValueError(f"CategoryMap entries must be Category, got {type(category).__name__}")
             if not isinstance(category.id, int) or isinstance(category.id, bool):
                 raise ValueError(f"category id must be an int, got {category.id!r} ({category.name!r})")
+            if not -(2**63) <= category.id < 2**63:
+                raise ValueError(f"category id must fit in int64 (ids are stored as int64), got {category.id} ({category.name!r})")
         ordered = tuple(sorted(categories, key=lambda c: c.id))
         seen: dict[int, str] = {}
         for category in ordered:

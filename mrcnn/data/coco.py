@@ -16,7 +16,12 @@ Reason codes (``Reject.reason`` / ``RecordError.reason``):
 - annotation level: ``bad_annotation_record``, ``duplicate_annotation_id``,
   ``unknown_image_id``, ``unknown_category``, ``bad_box``, ``zero_area_box``,
   ``box_outside_image``, ``bad_segmentation``, ``polygon_too_few_points``,
-  ``rle_size_mismatch``, ``empty_mask``, ``bad_keypoints``.
+  ``rle_size_mismatch``, ``empty_mask``, ``bad_keypoints``;
+- kept with a part left out: ``polygon_part_dropped`` (a polygon part with fewer than 3 points, an odd
+  number of coordinates or non-finite ones, in a polygon that has a valid part; the annotation keeps
+  its valid parts, as detectron2 does).
+
+Ids (image, annotation, category) are 64-bit: an id outside the int64 range is a bad record.
 
 COCO person-keypoint json (``person_keypoints_*.json``) is read by the same function: a
 category's ``keypoints`` (names) and ``skeleton`` go into the :class:`CategoryMap`, and each
@@ -42,6 +47,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
+
+import numpy as np
 
 from mrcnn.data.categories import CategoryMap
 from mrcnn.data.images import ImageDecodeError, decode_image
@@ -73,12 +80,15 @@ class AnnotationRecord:
         category_id (int): COCO category id.
         label (int): contiguous training label, 1..K (see :class:`CategoryMap`).
         box (tuple[float, float, float, float]): XYXY absolute pixels, clipped to the image,
-            ``x1 > x0`` and ``y1 > y0``.
+            ``x1 > x0`` and ``y1 > y0`` also in float32 (as shards and tensors hold it).
         rle (dict): ``{"size": [height, width], "counts": str}`` compressed RLE.
         iscrowd (int): 1 for a COCO crowd region, else 0.
         area (float): mask pixel count, > 0.
         keypoints (tuple[float, ...]): ``(x1, y1, v1, ..., xK, yK, vK)`` absolute pixels for a category
             with K keypoints (unlabelled ones are (0, 0, 0)); empty for a category without keypoints.
+        dropped_parts (tuple[str, ...]): one message per broken polygon part that was left out (the mask is
+            the union of the valid parts, as detectron2 keeps them); :func:`load_coco` reports each as a
+            ``polygon_part_dropped`` reject while the annotation is kept.
     """
 
     id: int
@@ -89,6 +99,7 @@ class AnnotationRecord:
     iscrowd: int
     area: float
     keypoints: tuple[float, ...] = ()
+    dropped_parts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -187,8 +198,16 @@ class CocoLoadResult:
         return record.path(self.image_dir)
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_id(value: object) -> bool:
+    """An int that fits the int64 columns ids travel in."""
+    return _is_int(value) and INT64_MIN <= value <= INT64_MAX
 
 
 def _parse_box(
@@ -207,7 +226,16 @@ def _parse_box(
     x0, y0, x1, y1 = x, y, x + w, y + h
     if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
         fail("box_outside_image", f"bbox {list(bbox)} (XYWH) lies entirely outside the {width}x{height} image")
-    return (max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height)))
+    # The box as the model sees it: clipped to the image, then float32 (shards and tensors hold float32).
+    clipped = (max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height)))
+    as_float32 = np.asarray(clipped, dtype=np.float32)
+    if not (as_float32[2] > as_float32[0] and as_float32[3] > as_float32[1]):
+        fail(
+            "zero_area_box",
+            f"bbox {list(bbox)} (XYWH) has zero width or height once clipped to the {width}x{height} image "
+            f"and stored as float32 ({[float(v) for v in as_float32]} XYXY)",
+        )
+    return clipped
 
 
 def validate_annotation(
@@ -239,8 +267,8 @@ def validate_annotation(
     def fail(reason: str, detail: str):
         raise RecordError(f"{where}: {detail}", reason=reason)
 
-    if not isinstance(ann, Mapping) or not _is_int(ann_id):
-        fail("bad_annotation_record", f"annotation must be a dict with an int 'id', got {ann!r:.200}")
+    if not isinstance(ann, Mapping) or not _is_id(ann_id):
+        fail("bad_annotation_record", f"annotation must be a dict with an int64 'id', got {ann!r:.200}")
     height, width = image["height"], image["width"]
 
     category_id = ann.get("category_id")
@@ -258,8 +286,9 @@ def validate_annotation(
     segmentation = ann.get("segmentation")
     if segmentation is None:
         fail("bad_segmentation", "no segmentation")
+    dropped_parts: list[str] = []
     try:
-        rle = segmentation_to_rle(segmentation, height=height, width=width)
+        rle = segmentation_to_rle(segmentation, height=height, width=width, dropped_parts=dropped_parts)
     except SegmentationError as exc:
         fail(exc.reason, str(exc))
     area = rle_area(rle)
@@ -291,6 +320,7 @@ def validate_annotation(
         iscrowd=int(iscrowd),
         area=area,
         keypoints=keypoints,
+        dropped_parts=tuple(dropped_parts),
     )
 
 
@@ -338,8 +368,8 @@ def _default_image_dir(path: Path | None) -> Path | None:
 def _image_problem(image: object) -> str | None:
     if not isinstance(image, Mapping):
         return f"image entry must be a dict, got {type(image).__name__}"
-    if not _is_int(image.get("id")):
-        return f"image 'id' must be an int, got {image.get('id')!r}"
+    if not _is_id(image.get("id")):
+        return f"image 'id' must be an int64, got {image.get('id')!r}"
     if not isinstance(image.get("file_name"), str) or not image["file_name"]:
         return f"'file_name' must be a non-empty str, got {image.get('file_name')!r}"
     for key in ("height", "width"):
@@ -407,12 +437,12 @@ def load_coco(
     for index, ann in enumerate(data["annotations"]):
         ann_id = ann.get("id") if isinstance(ann, Mapping) else None
         image_id = ann.get("image_id") if isinstance(ann, Mapping) else None
-        if not _is_int(ann_id) or not _is_int(image_id):
+        if not _is_id(ann_id) or not _is_id(image_id):
             reject(
                 "bad_annotation_record",
-                f"annotation entry {index} in {source}: needs int 'id' and 'image_id', got {ann!r:.200}",
-                image_id=image_id if _is_int(image_id) else None,
-                annotation_id=ann_id if _is_int(ann_id) else None,
+                f"annotation entry {index} in {source}: needs int64 'id' and 'image_id', got {ann!r:.200}",
+                image_id=image_id if _is_id(image_id) else None,
+                annotation_id=ann_id if _is_id(ann_id) else None,
             )
             continue
         if ann_id in seen_annotation_ids:
@@ -433,12 +463,12 @@ def load_coco(
         problem = _image_problem(image)
         image_id = image.get("id") if isinstance(image, Mapping) else None
         if problem is not None:
-            if _is_int(image_id):
+            if _is_id(image_id):
                 rejected_image_ids.add(image_id)
             reject(
                 "bad_image_record",
                 f"image entry {index} in {source}: {problem}",
-                image_id=image_id if _is_int(image_id) else None,
+                image_id=image_id if _is_id(image_id) else None,
             )
             continue
         if image_id in kept_images or image_id in rejected_image_ids:
@@ -480,9 +510,19 @@ def load_coco(
         kept_annotations = []
         for ann in annotations_by_image.get(image_id, ()):
             try:
-                kept_annotations.append(validate_annotation(ann, image=image, categories=categories, source=source))
+                record = validate_annotation(ann, image=image, categories=categories, source=source)
             except RecordError as exc:
                 reject(exc.reason, str(exc), image_id=image_id, annotation_id=ann["id"])
+                continue
+            kept_annotations.append(record)
+            for message in record.dropped_parts:
+                reject(
+                    "polygon_part_dropped",
+                    f"annotation {ann['id']} in {source}: {message}; the part is left out, the annotation is "
+                    f"kept with its valid parts",
+                    image_id=image_id,
+                    annotation_id=ann["id"],
+                )
         records.append(
             ImageRecord(
                 image_id=image_id,

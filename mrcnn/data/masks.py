@@ -100,33 +100,37 @@ def _check_size(size: object, *, height: int, width: int) -> None:
         )
 
 
-def _polygons_to_rle(polygons: Sequence, *, height: int, width: int) -> dict:
+def _polygon_part_problem(part: object, part_index: int, num_parts: int) -> tuple[str, str] | None:
+    """``(reason, message)`` when one polygon part cannot be rasterised, else None."""
+    if not isinstance(part, (list, tuple)):
+        return "bad_segmentation", f"polygon part {part_index} is {type(part).__name__}, expected a list of coordinates"
+    if not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in part):
+        return "bad_segmentation", f"polygon part {part_index} has non-numeric or non-finite coordinates"
+    if len(part) % 2:
+        return "bad_segmentation", f"polygon part {part_index} has an odd number of coordinates ({len(part)})"
+    if len(part) < 6:
+        where = f" (part {part_index})" if num_parts > 1 else ""
+        return "polygon_too_few_points", f"polygon has {len(part) // 2} points, need at least 3{where}"
+    return None
+
+
+def _polygons_to_rle(polygons: Sequence, *, height: int, width: int, dropped_parts: list[str] | None) -> dict:
     if len(polygons) == 0:
         raise SegmentationError("polygon list is empty", reason="bad_segmentation")
     parts: list[list[float]] = []
+    problems: list[tuple[str, str]] = []
     for part_index, part in enumerate(polygons):
-        if not isinstance(part, (list, tuple)):
-            raise SegmentationError(
-                f"polygon part {part_index} is {type(part).__name__}, expected a list of coordinates",
-                reason="bad_segmentation",
-            )
-        if not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in part):
-            raise SegmentationError(
-                f"polygon part {part_index} has non-numeric or non-finite coordinates",
-                reason="bad_segmentation",
-            )
-        if len(part) % 2:
-            raise SegmentationError(
-                f"polygon part {part_index} has an odd number of coordinates ({len(part)})",
-                reason="bad_segmentation",
-            )
-        if len(part) < 6:
-            raise SegmentationError(
-                f"polygon has {len(part) // 2} points, need at least 3"
-                + (f" (part {part_index})" if len(polygons) > 1 else ""),
-                reason="polygon_too_few_points",
-            )
-        parts.append([float(v) for v in part])
+        problem = _polygon_part_problem(part, part_index, len(polygons))
+        if problem is None:
+            parts.append([float(v) for v in part])
+        elif dropped_parts is None:
+            raise SegmentationError(problem[1], reason=problem[0])
+        else:
+            problems.append(problem)
+    if not parts:  # no valid part left: the annotation is bad, for the first part's reason
+        raise SegmentationError(problems[0][1], reason=problems[0][0])
+    if dropped_parts is not None:
+        dropped_parts.extend(message for _, message in problems)
     # frPyObjects rasterises each part; merge unions them into one mask.
     return _canonical(coco_mask.merge(coco_mask.frPyObjects(parts, height, width)))
 
@@ -167,7 +171,9 @@ def _rle_to_rle(rle: Mapping, *, height: int, width: int) -> dict:
     return {"size": [height, width], "counts": counts.decode("ascii")}
 
 
-def segmentation_to_rle(segmentation: object, *, height: int, width: int) -> dict:
+def segmentation_to_rle(
+    segmentation: object, *, height: int, width: int, dropped_parts: list[str] | None = None
+) -> dict:
     """Convert any COCO ``segmentation`` value to one canonical compressed RLE.
 
     Args:
@@ -178,6 +184,9 @@ def segmentation_to_rle(segmentation: object, *, height: int, width: int) -> dic
             - compressed RLE: ``{"size": [h, w], "counts": str | bytes}``.
         height (int): image height in pixels.
         width (int): image width in pixels.
+        dropped_parts (list[str] | None): None: a broken polygon part raises. A list: a broken part of a
+            polygon that has a valid part is left out, as detectron2 does, and a message naming the part
+            and its problem is appended to the list; a polygon without any valid part still raises.
 
     Returns:
         dict: ``{"size": [height, width], "counts": str}`` compressed RLE.
@@ -195,7 +204,7 @@ def segmentation_to_rle(segmentation: object, *, height: int, width: int) -> dic
             )
         return _rle_to_rle(segmentation, height=height, width=width)
     if isinstance(segmentation, (list, tuple)):
-        return _polygons_to_rle(segmentation, height=height, width=width)
+        return _polygons_to_rle(segmentation, height=height, width=width, dropped_parts=dropped_parts)
     raise SegmentationError(
         f"segmentation must be a polygon list or an RLE dict, got {type(segmentation).__name__}",
         reason="bad_segmentation",

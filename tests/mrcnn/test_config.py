@@ -133,3 +133,34 @@ def test_scaled_lr_linear_scaling_rule():
 def test_mask_resolution_is_twice_the_pooler():
     assert get_preset("r50_fpn").model.mask_head.resolution == 28
     assert get_preset("r50_fpn").replace(**{"model.mask_head.pooler_resolution": 7}).model.mask_head.resolution == 14
+
+
+# ---------------------------------------------------------------- numbers as people write them (issue 16, A.5)
+def test_load_yaml_reads_yaml12_floats(tmp_path):
+    from mrcnn.config import load_yaml
+
+    path = tmp_path / "run.yaml"
+    path.write_text("a: 1e-4\nb: 2E-4\nc: .5\nd: 1_000\ne: 1.0e-3\nf: 3\ng: -1e+2\nh: '1e-4'\ni: 1e\n")
+    data = load_yaml(path)
+    assert data == {"a": 1e-4, "b": 2e-4, "c": 0.5, "d": 1000, "e": 1e-3, "f": 3, "g": -100.0, "h": "1e-4", "i": "1e"}
+    assert [type(data[k]) for k in "abcdefg"] == [float, float, float, int, float, int, float]
+
+
+@pytest.mark.parametrize("text, expected", [("1e-4", 1e-4), ("2E-4", 2e-4), (".5", 0.5), ("1_000", 1000), ("+3", 3),
+                                            ("1.", 1.0), ("abc", None), ("1e", None), ("0x10", None), ("", None)])  # fmt: skip
+def test_parse_number(text, expected):
+    from mrcnn.config import parse_number
+
+    assert parse_number(text) == expected and type(parse_number(text)) is type(expected)
+
+
+def test_replace_takes_numbers_written_as_strings():
+    """A YAML 1.1 reader leaves ``2e-4`` a string; the config still reads it as the number, and refuses a non-number."""
+    from mrcnn.config import ConfigError, get_preset
+
+    cfg = get_preset("r18_fpn_small").replace(**{"solver.base_lr": "2e-4", "solver.max_iters": "1e3"})
+    assert cfg.solver.base_lr == pytest.approx(2e-4) and cfg.solver.max_iters == 1000
+    with pytest.raises(ConfigError, match="solver.base_lr: expected float, got 'fast'"):
+        get_preset("r18_fpn_small").replace(**{"solver.base_lr": "fast"})
+    with pytest.raises(ConfigError, match="solver.max_iters: expected int"):
+        get_preset("r18_fpn_small").replace(**{"solver.max_iters": "1.5"})

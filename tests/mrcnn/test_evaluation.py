@@ -228,3 +228,97 @@ def test_segm_area_ranges_use_mask_area_even_when_results_carry_bbox(results):
     expected = _as_percent(_pycocotools_stats(segm_only, "segm"))
     metrics = evaluate_coco(GT_JSON, results, iou_types=["segm"])
     assert {name: metrics["segm"][name] for name in STAT_NAMES} == pytest.approx(expected, abs=SAME)
+
+
+# ---------------------------------------------------------------- field cases (issue 16, part A.1)
+def _square(x: int, y: int, side: int, size: int = 64) -> tuple[list[float], dict]:
+    mask = np.zeros((size, size), dtype=np.uint8)
+    mask[y : y + side, x : x + side] = 1
+    rle = mask_to_rle(mask)
+    return [float(x), float(y), float(side), float(side)], rle
+
+
+def _gt_with(objects: list[tuple[object, int, int, int, int]], image_ids: list[object]) -> dict:
+    """objects: (image_id, annotation_id, x, y, side) squares of category 1 on 64x64 images."""
+    annotations = []
+    for image_id, ann_id, x, y, side in objects:
+        bbox, rle = _square(x, y, side)
+        annotations.append({"id": ann_id, "image_id": image_id, "category_id": 1, "bbox": bbox, "area": float(side * side),
+                            "segmentation": rle, "iscrowd": 0})  # fmt: skip
+    return {
+        "images": [{"id": i, "file_name": f"{i}.png", "height": 64, "width": 64} for i in image_ids],
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "square"}],
+    }
+
+
+def _direct_pycocotools_stats(gt: dict, results: list[dict], iou_type: str) -> np.ndarray:
+    """pycocotools' COCOeval run directly on the inputs as given (the reference)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(gt)
+        coco.createIndex()
+        records = [{k: v for k, v in r.items() if k != "bbox"} for r in results] if iou_type == "segm" else results
+        evaluator = COCOeval(coco, coco.loadRes(copy.deepcopy(records)), iouType=iou_type)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator.stats * 100
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
+def test_annotation_id_zero_scores_100(backend):
+    """Two squares with annotation ids 0 and 1, predicted exactly: AP 100 (pycocotools reads id 0 as unmatched)."""
+    gt = _gt_with([(7, 0, 4, 4, 20), (7, 1, 36, 36, 20)], [7])
+    results = []
+    for ann, score in zip(gt["annotations"], (0.9, 0.8)):
+        results.append({"image_id": 7, "category_id": 1, "score": score, "bbox": ann["bbox"], "segmentation": ann["segmentation"]})
+    metrics = evaluate_coco(gt, results, backend=backend)
+    for iou_type in ("bbox", "segm"):
+        assert metrics[iou_type]["AP"] == pytest.approx(100.0)
+        assert metrics[iou_type]["AR100"] == pytest.approx(100.0)
+
+
+def _string_id_case() -> tuple[dict, list[dict]]:
+    gt = _gt_with(
+        [("img_a", 1, 4, 4, 20), ("img_a", 2, 36, 36, 20), ("img_b", 3, 10, 10, 30), ("img_b", 4, 44, 2, 16)],
+        ["img_a", "img_b"],
+    )
+    detections = [  # (image, x, y, side, score): two good, one shifted, one false positive, one miss
+        ("img_a", 4, 4, 20, 0.9), ("img_a", 38, 37, 20, 0.6), ("img_b", 10, 12, 30, 0.8), ("img_b", 40, 40, 10, 0.7),
+    ]  # fmt: skip
+    results = []
+    for image_id, x, y, side, score in detections:
+        bbox, rle = _square(x, y, side)
+        results.append({"image_id": image_id, "category_id": 1, "score": score, "bbox": bbox, "segmentation": rle})
+    return gt, results
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
+def test_string_image_ids_give_pycocotools_numbers(backend):
+    gt, results = _string_id_case()
+    metrics = evaluate_coco(gt, results, backend=backend)
+    for iou_type in ("bbox", "segm"):
+        reference = _direct_pycocotools_stats(gt, results, iou_type)
+        assert 0 < reference[0] < 100  # a definite number, not a trivial 0 or 100
+        got = np.array([metrics[iou_type][name] for name in STAT_NAMES])
+        np.testing.assert_allclose(got, np.where(reference > -100, reference, -1.0), atol=1e-9)
+    # an image selection in the original (string) ids
+    only_a = evaluate_coco(gt, results, image_ids=["img_a"], backend=backend)
+    assert only_a["bbox"]["AP"] != metrics["bbox"]["AP"]
+
+
+def test_faster_backend_refusal_falls_back_to_pycocotools(monkeypatch, caplog):
+    """Where faster-coco-eval cannot take an input, pycocotools scores it and one warning line says so."""
+    import faster_coco_eval
+
+    def refuse(*args, **kwargs):
+        raise TypeError("invalid literal for int() with base 10: 'img_a'")
+
+    monkeypatch.setattr(faster_coco_eval, "COCOeval_faster", refuse)
+    gt, results = _string_id_case()
+    with caplog.at_level("WARNING", logger="mrcnn.evaluation"):
+        metrics = evaluate_coco(gt, results, iou_types=("bbox",), backend="faster-coco-eval")
+    assert metrics["bbox"]["AP"] == pytest.approx(_direct_pycocotools_stats(gt, results, "bbox")[0])
+    lines = [r.getMessage() for r in caplog.records if "using pycocotools" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]

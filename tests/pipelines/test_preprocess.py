@@ -268,3 +268,74 @@ def test_cli_preprocess(tmp_path):
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("mrcnn: error:"), result.stderr
+
+
+# ---------------------------------------------------------------- field cases (issue 16, part A)
+def _field_dataset(root: Path) -> tuple[Path, Path]:
+    """Two 64x64 images, categories 1 and 3000000000 (beyond int32), one annotation each; the second one's
+    polygon has a broken first part (2 points) before a valid one."""
+    from PIL import Image
+
+    images = root / "images"
+    images.mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8)).save(images / name)
+    square = [10.0, 10.0, 30.0, 10.0, 30.0, 30.0, 10.0, 30.0]
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 64, "width": 64},
+                   {"id": 5000000000, "file_name": "b.png", "height": 64, "width": 64}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [square], "iscrowd": 0},
+                        {"id": 6000000000, "image_id": 5000000000, "category_id": 3000000000,
+                         "segmentation": [[1.0, 1.0, 2.0, 2.0], square], "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "small"}, {"id": 3000000000, "name": "big"}],
+    }  # fmt: skip
+    annotations = root / "annotations.json"
+    annotations.write_text(json.dumps(data))
+    return annotations, images
+
+
+def test_int64_ids_keep_every_image_and_a_broken_polygon_part_is_counted(tmp_path):
+    from pipelines.shards import shards_to_coco_gt
+
+    annotations, images = _field_dataset(tmp_path / "src")
+    out = tmp_path / "out"
+    summary = preprocess_coco(annotations=annotations, images=images, out=out, split="val", num_shards=1, progress=False)
+    assert summary.num_rows == 2 and summary.num_annotations == 2
+    assert summary.rejects_by_reason == {"polygon_part_dropped": 1}
+    rows = read_rows(out / "val")
+    assert [(r["image_id"], r["category_ids"]) for r in rows] == [(1, [1]), (5000000000, [3000000000])]
+    assert rows[1]["area"] == [400.0]  # the valid part alone
+    assert pq.read_schema(list_shards(out / "val")[0]).field("category_ids").type.value_type == "int64"
+    gt = shards_to_coco_gt(out / "val")
+    assert [a["category_id"] for a in gt["annotations"]] == [1, 3000000000]
+    assert sorted(p.name for p in out.iterdir()) == ["categories.json", "val"]  # no staging folder left
+
+
+def test_failed_preprocess_leaves_the_output_untouched(tmp_path, monkeypatch):
+    """A failure mid-way neither leaves a half-written split nor a categories.json in an otherwise empty folder,
+    and an earlier complete split stays as it was."""
+    import pipelines.preprocess
+
+    annotations, images = _field_dataset(tmp_path / "src")
+    real_input_table = pipelines.preprocess._input_table
+
+    def failing(records, shard):
+        if shard == 1:
+            raise OverflowError("simulated failure while building shard 1")
+        return real_input_table(records, shard)
+
+    monkeypatch.setattr(pipelines.preprocess, "_input_table", failing)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(OverflowError):
+        preprocess_coco(annotations=annotations, images=images, out=fresh, split="val", num_shards=2, progress=False)
+    assert not fresh.exists()
+
+    existing = tmp_path / "existing"
+    preprocess_coco(annotations=annotations, images=images, out=existing, split="val", num_shards=1, progress=False)
+    before = {p.relative_to(existing): p.read_bytes() for p in existing.rglob("*") if p.is_file()}
+    with pytest.raises(OverflowError):
+        preprocess_coco(annotations=annotations, images=images, out=existing, split="val", num_shards=2, progress=False)
+    with pytest.raises(OverflowError):
+        preprocess_coco(annotations=annotations, images=images, out=existing, split="train", num_shards=2, progress=False)
+    after = {p.relative_to(existing): p.read_bytes() for p in existing.rglob("*") if p.is_file()}
+    assert after == before

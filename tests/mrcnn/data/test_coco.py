@@ -203,3 +203,63 @@ def test_validate_annotation_details():
             validate_annotation(ann, image=image, categories=categories, source="s.json")
         assert info.value.reason == reason
         assert str(info.value).startswith(f"annotation {ann['id']} in s.json: ")
+
+
+# ---------------------------------------------------------------- field cases (issue 16, part A)
+def _one_image(annotations: list[dict], categories=None) -> dict:
+    return {
+        "images": [{"id": 1, "file_name": "a.png", "height": 64, "width": 64}],
+        "annotations": annotations,
+        "categories": categories or [{"id": 1, "name": "thing"}],
+    }
+
+
+SQUARE = [[10.0, 40.0, 30.0, 40.0, 30.0, 60.0, 10.0, 60.0]]
+
+
+@pytest.mark.parametrize("bbox", [[10, 40, 1e-7, 20], [63.9999999, 40, 5, 20], [10, 64 - 1e-9, 20, 3]])
+def test_box_with_no_float32_width_after_clipping_is_zero_area(bbox):
+    """Boxes valid in float64 but zero-width once clipped to the image and stored as float32 (as the model sees them)."""
+    result = load_coco(_one_image([{"id": 1, "image_id": 1, "category_id": 1, "bbox": bbox, "segmentation": SQUARE}]),
+                       check_files=False)  # fmt: skip
+    assert [r.reason for r in result.rejects] == ["zero_area_box"]
+    assert result.num_annotations == 0 and len(result.records) == 1  # the image stays
+    assert "float32" in result.rejects[0].message
+
+
+def test_polygon_with_a_broken_part_keeps_its_valid_part():
+    """First part with 2 points, second valid: the annotation is kept with the valid part (detectron2's behaviour),
+    and the dropped part is reported under its own reason."""
+    broken = [[5.0, 5.0, 8.0, 8.0], *SQUARE]
+    odd = [[1.0, 2.0, 3.0], *SQUARE]
+    result = load_coco(_one_image([
+        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": broken},
+        {"id": 2, "image_id": 1, "category_id": 1, "segmentation": odd},
+        {"id": 3, "image_id": 1, "category_id": 1, "segmentation": [[5.0, 5.0, 8.0, 8.0]]},  # no valid part left
+    ]), check_files=False)  # fmt: skip
+    (record,) = result.records
+    reference = load_coco(_one_image([{"id": 9, "image_id": 1, "category_id": 1, "segmentation": SQUARE}]), check_files=False)
+    assert [a.id for a in record.annotations] == [1, 2]
+    for annotation in record.annotations:
+        assert annotation.rle == reference.records[0].annotations[0].rle
+        assert annotation.area == 400
+    assert [(r.reason, r.annotation_id) for r in result.rejects] == [
+        ("polygon_part_dropped", 1), ("polygon_part_dropped", 2), ("polygon_too_few_points", 3)
+    ]  # fmt: skip
+    assert "part 0" in result.rejects[0].message and "kept" in result.rejects[0].message
+
+
+def test_ids_must_fit_int64():
+    big = 2**63
+    data = _one_image(
+        [{"id": 1, "image_id": 1, "category_id": 3000000000, "segmentation": SQUARE},
+         {"id": big, "image_id": 1, "category_id": 3000000000, "segmentation": SQUARE}],
+        categories=[{"id": 3000000000, "name": "big"}],
+    )  # fmt: skip
+    data["images"].append({"id": big, "file_name": "b.png", "height": 64, "width": 64})
+    result = load_coco(data, check_files=False)
+    assert [r.image_id for r in result.records] == [1]
+    assert [a.category_id for a in result.records[0].annotations] == [3000000000]
+    assert sorted(r.reason for r in result.rejects) == ["bad_annotation_record", "bad_image_record"]
+    with pytest.raises(ValueError, match="int64"):
+        CategoryMap.from_coco({"categories": [{"id": big, "name": "too big"}]})

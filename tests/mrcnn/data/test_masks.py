@@ -112,6 +112,18 @@ def test_too_few_points_message():
         segmentation_to_rle([[1, 1, 5, 5]], height=10, width=10)
 
 
+@pytest.mark.parametrize("broken", [[2, 2, 3, 3], [2, 2, 3], [2, 2, float("inf"), 3, 4, 4], "part"])
+def test_broken_polygon_part_dropped_when_asked(broken):
+    """With ``dropped_parts``, a broken part is left out (the valid parts kept, as detectron2) and described."""
+    valid = [1, 1, 8, 1, 8, 8, 1, 8]
+    dropped: list[str] = []
+    rle = segmentation_to_rle([broken, valid], height=10, width=10, dropped_parts=dropped)
+    assert rle == segmentation_to_rle([valid], height=10, width=10)
+    assert len(dropped) == 1 and "part 0" in dropped[0]
+    with pytest.raises(SegmentationError):  # nothing valid left: still an error
+        segmentation_to_rle([broken], height=10, width=10, dropped_parts=[])
+
+
 def test_masks_roundtrip_and_empty_stack():
     rng = np.random.default_rng(1)
     masks = (rng.random((3, 8, 11)) < 0.5).astype(np.uint8)

@@ -84,7 +84,7 @@ class InitReport:
 
     Attributes:
         source: a description of the source model (file, format, layout, classes).
-        num_classes: K, the new model's object classes.
+        num_classes: K, the new model's object classes; num_keypoints: its keypoints (0: no keypoint head).
         loaded: names of the tensors loaded whole from the source.
         reinitialised: class-specific tensors sized for the new classes; they keep the new model's
             initialisation except for the rows in ``copied`` / ``copied_keypoints``.
@@ -98,6 +98,7 @@ class InitReport:
 
     source: str
     num_classes: int
+    num_keypoints: int = 0
     loaded: list[str] = field(default_factory=list)
     reinitialised: list[str] = field(default_factory=list)
     copied: list[CopiedRow] = field(default_factory=list)
@@ -126,7 +127,7 @@ class InitReport:
             f"for {self.num_classes} classes, {len(self.skipped)} skipped, {len(self.unused)} source tensors unused",
             f"  copied rows (name source->new label): {_rows_text(self.copied)}",
         ]
-        if self.copied_keypoints or any(k in CLASS_SPECIFIC and CLASS_SPECIFIC[k][1] == "keypoint" for k in self.reinitialised):
+        if self.num_keypoints:
             lines.append(f"  copied keypoints (name source->new channel): {_rows_text(self.copied_keypoints)}")
         lines.append(f"  new categories (no source category of that name): {', '.join(self.new_categories) or 'none'}")
         if self.reinitialised:
@@ -175,7 +176,8 @@ def _describe(checkpoint: Checkpoint, where: str) -> str:
         return f"{where} (mrcnn checkpoint, preset {cfg.name}, {cfg.model.num_classes} classes)"
     heads = ["box"] + [name for key, name in (("roi_heads.mask_predictor.mask_fcn_logits.weight", "mask"),
                                               (KEYPOINT_PREDICTOR_KEY, "keypoint")) if key in state]  # fmt: skip
-    return f"{where} (torchvision state dict, {cfg.name} layout, {'+'.join(heads)} heads, {cfg.model.num_classes} classes)"
+    layout = f"{cfg.name} layout, {'+'.join(heads)} heads"
+    return f"{where} (torchvision state dict, {layout}, {cfg.model.num_classes} classes)"
 
 
 def _explain_unfit_file(path: Path) -> str | None:
@@ -188,7 +190,8 @@ def _explain_unfit_file(path: Path) -> str | None:
         return None
     if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
         kind = type(obj).__name__ if not isinstance(obj, dict) else f"dict with keys {sorted(map(str, obj))[:5]}"
-        return f"checkpoint {path}: not a state dict of tensors (a {kind}), neither an mrcnn checkpoint nor a torchvision state dict"
+        return (f"checkpoint {path}: not a state dict of tensors (a {kind}), neither an mrcnn checkpoint nor a "
+                "torchvision state dict")  # fmt: skip
     if "fc.weight" in obj and "conv1.weight" in obj:
         return (f"checkpoint {path}: an image-classification ResNet state dict (conv1.weight ... fc.weight), not a "
                 "Mask R-CNN; ImageNet weights go to backbone_weights, not init_from")  # fmt: skip
@@ -252,10 +255,27 @@ def init_from(
     _check_categories(target, categories)
     _check_architecture(target, state, where)
 
-    report = InitReport(source=description, num_classes=categories.num_classes)
+    report = InitReport(source=description, num_classes=categories.num_classes, num_keypoints=categories.num_keypoints)
+    merged = _merge(target, state, categories, source_categories, report)
+    if not report.loaded:
+        raise CheckpointError(f"{where}: nothing fits this model: no source tensor has a model tensor's name and shape")
+    module.load_state_dict(merged, strict=True)
+    return report
+
+
+def _merge(
+    target: dict[str, Tensor],
+    state: dict[str, Tensor],
+    categories: CategoryMap,
+    source_categories: CategoryMap | None,
+    report: InitReport,
+) -> dict[str, Tensor]:
+    """The model's new state dict: the source's tensors where they fit, the class-specific ones with the
+    rows of same-named categories (keypoints) copied, the model's own elsewhere; fills in ``report``."""
     class_pairs, report.copied, report.new_categories = _category_pairs(categories, source_categories)
     keypoint_pairs, report.copied_keypoints = _keypoint_pairs(categories, source_categories)
-    merged: dict[str, Tensor] = dict(target)
+    slots = {"class": (class_pairs, categories.num_classes + 1), "keypoint": (keypoint_pairs, categories.num_keypoints)}
+    merged = dict(target)
     for name, new in target.items():
         if name not in state:
             if not name.endswith("num_batches_tracked"):
@@ -264,7 +284,7 @@ def init_from(
         old = state[name]
         if name in CLASS_SPECIFIC:
             dim, kind = CLASS_SPECIFIC[name]
-            pairs, num_new = (class_pairs, categories.num_classes + 1) if kind == "class" else (keypoint_pairs, categories.num_keypoints)
+            pairs, num_new = slots[kind]
             num_old = _num_slots(source_categories, kind)
             merged[name], status = _copy_slots(new, old, dim=dim, num_new=num_new, num_old=num_old, pairs=pairs)
             if status == "loaded":
@@ -279,10 +299,7 @@ def init_from(
         else:
             report.skipped[name] = f"shape mismatch: {list(old.shape)} in the source, {list(new.shape)} in the model"
     report.unused = [k for k in state if k not in target and not k.endswith("num_batches_tracked")]
-    if not report.loaded:
-        raise CheckpointError(f"{where}: nothing fits this model: no source tensor has a model tensor's name and shape")
-    module.load_state_dict(merged, strict=True)
-    return report
+    return merged
 
 
 def _check_categories(target: dict[str, Tensor], categories: CategoryMap) -> None:
@@ -316,8 +333,9 @@ def _check_architecture(target: dict[str, Tensor], state: dict[str, Tensor], whe
         elif model_names != source_names:
             only_model, only_source = sorted(model_names - source_names), sorted(source_names - model_names)
             problems.append(
-                f"its {label} has another layout ({len(only_model)} of the model's {len(model_names)} tensors not in the "
-                f"source, e.g. {only_model[:2]}; {len(only_source)} source tensors not in the model, e.g. {only_source[:2]})"
+                f"its {label} has another layout ({len(only_model)} of the model's {len(model_names)} tensors not in "
+                f"the source, e.g. {only_model[:2]}; {len(only_source)} source tensors not in the model, "
+                f"e.g. {only_source[:2]})"
             )
     if problems:
         raise CheckpointError(f"{where}: another architecture: {'; '.join(problems)}")
@@ -331,10 +349,13 @@ def _unique_index(names: list[str]) -> dict[str, int]:
     return {name: i for i, name in enumerate(names) if counts[name] == 1}
 
 
-def _category_pairs(categories: CategoryMap, source: CategoryMap | None) -> tuple[list[tuple[int, int]], list[CopiedRow], list[str]]:
+def _category_pairs(
+    categories: CategoryMap, source: CategoryMap | None
+) -> tuple[list[tuple[int, int]], list[CopiedRow], list[str]]:
     """(source label, new label) pairs, background first; the copied rows; the names with no source match."""
     by_name = _unique_index(source.names) if source is not None else {}
-    copied = [CopiedRow(name, by_name[name] + 1, label) for label, name in enumerate(categories.names, start=1) if name in by_name]
+    labelled = enumerate(categories.names, start=1)
+    copied = [CopiedRow(name, by_name[name] + 1, label) for label, name in labelled if name in by_name]
     new = [name for name in categories.names if name not in by_name]
     return [(0, 0)] + [(row.source_index, row.index) for row in copied], copied, new
 
@@ -356,7 +377,9 @@ def _num_slots(source: CategoryMap | None, kind: str) -> int:
     return source.num_classes + 1 if kind == "class" else source.num_keypoints
 
 
-def _copy_slots(new: Tensor, old: Tensor, *, dim: int, num_new: int, num_old: int, pairs: list[tuple[int, int]]) -> tuple[Tensor, str]:
+def _copy_slots(
+    new: Tensor, old: Tensor, *, dim: int, num_new: int, num_old: int, pairs: list[tuple[int, int]]
+) -> tuple[Tensor, str]:
     """The new class-specific tensor with the paired slots' blocks copied from the source tensor.
 
     Returns:
@@ -366,10 +389,13 @@ def _copy_slots(new: Tensor, old: Tensor, *, dim: int, num_new: int, num_old: in
     """
     if new.shape[dim] == 1 and old.shape == new.shape:  # class-agnostic mask predictor: one channel for all
         return old, "loaded"
-    other_dims_fit = new.dim() == old.dim() and all(a == b for d, (a, b) in enumerate(zip(new.shape, old.shape)) if d != dim)
+    other_dims_fit = new.dim() == old.dim() and all(
+        a == b for d, (a, b) in enumerate(zip(new.shape, old.shape)) if d != dim
+    )
     if not (num_old and other_dims_fit and new.shape[dim] % num_new == 0 and old.shape[dim] % num_old == 0
             and new.shape[dim] // num_new == old.shape[dim] // num_old):  # fmt: skip
-        return new, f"class-specific, source layout differs: {list(old.shape)} in the source, {list(new.shape)} in the model"
+        shapes = f"{list(old.shape)} in the source, {list(new.shape)} in the model"
+        return new, f"class-specific, source layout differs: {shapes}"
     block = new.shape[dim] // num_new  # rows (channels) per class: 1, 4 (regressor) or M*M (MLP mask predictor)
     result = new.clone()
     for source_index, index in pairs:

@@ -18,13 +18,17 @@ from mrcnn.engine import train_step
 from mrcnn.modeling import build_model
 from mrcnn.pretrained import CLASS_SPECIFIC, CopiedRow, init_from, load_init_source
 
-CLS, BOX, MASK = (f"roi_heads.{p}" for p in ("box_predictor.cls_score", "box_predictor.bbox_pred", "mask_predictor.mask_fcn_logits"))
+CLS = "roi_heads.box_predictor.cls_score"
+BOX = "roi_heads.box_predictor.bbox_pred"
+MASK = "roi_heads.mask_predictor.mask_fcn_logits"
 KPS = "roi_heads.keypoint_predictor.kps_score_lowres"
 COCO_PERSON, COCO_CAR = 1, 3  # torchvision's labels (= COCO category ids)
 TINY = {"model.input.min_size": [64], "model.input.max_size": 96}
 
 # The dataset: "car" and "person" are COCO's, "traffic cone" is not; labels 1..3 in id order.
-DATASET = CategoryMap(categories=(Category(id=4, name="person"), Category(id=1, name="car"), Category(id=2, name="traffic cone")))
+DATASET = CategoryMap(
+    categories=(Category(id=4, name="person"), Category(id=1, name="car"), Category(id=2, name="traffic cone"))
+)
 CAR, CONE, PERSON = 1, 2, 3
 
 
@@ -60,7 +64,7 @@ def coco_file(tmp_path_factory):
     return path, state
 
 
-def _images_and_targets(num_keypoints: int = 0):
+def _images_and_targets():
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, 64, 80, generator=g), torch.rand(3, 72, 64, generator=g)]
     targets = []
@@ -87,11 +91,14 @@ def test_torchvision_coco_weights_initialise_a_new_dataset_and_survive_a_step(co
 
     # One step at a learning rate too small to change a float32 weight: everything shared stays the file's.
     model.train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-30, momentum=0.9, weight_decay=1e-4)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=1e-30, momentum=0.9, weight_decay=1e-4)
     images, targets = _images_and_targets()
     losses = train_step(model, images, targets, optimizer=optimizer, step=0)
-    assert all(p.grad is not None for p in model.roi_heads.box_predictor.parameters())
-    assert losses["loss_classifier"] > 0
+    # A real step: every trainable tensor got a gradient (stem and res2 are frozen, as the preset says).
+    assert losses["loss_classifier"] > 0 and losses["loss_mask"] > 0
+    assert all(p.grad is not None and bool(p.grad.any()) for p in trainable), "a trainable tensor got no gradient"
+    assert not model.backbone.body.conv1.weight.requires_grad and model.backbone.body.layer2[0].conv1.weight.requires_grad
     after = model.state_dict()
 
     shared = set(after) - set(CLASS_SPECIFIC)
@@ -111,7 +118,8 @@ def test_torchvision_coco_weights_initialise_a_new_dataset_and_survive_a_step(co
     for new, old in ((0, 0), (CAR, COCO_CAR), (PERSON, COCO_PERSON)):
         for suffix in ("weight", "bias"):
             assert torch.equal(after[f"{CLS}.{suffix}"][new], file_state[f"{CLS}.{suffix}"][old])
-            assert torch.equal(after[f"{BOX}.{suffix}"][4 * new : 4 * new + 4], file_state[f"{BOX}.{suffix}"][4 * old : 4 * old + 4])
+            box_rows = after[f"{BOX}.{suffix}"][4 * new : 4 * new + 4]
+            assert torch.equal(box_rows, file_state[f"{BOX}.{suffix}"][4 * old : 4 * old + 4])
             assert torch.equal(after[f"{MASK}.{suffix}"][new], file_state[f"{MASK}.{suffix}"][old])
     for name in (f"{CLS}.weight", f"{BOX}.weight", f"{MASK}.weight"):
         block = after[name].shape[0] // (DATASET.num_classes + 1)
@@ -198,8 +206,10 @@ def test_another_architecture_is_one_clear_error(coco_file, tmp_path):
     ]
     for model, categories, message in cases:
         with pytest.raises(CheckpointError, match=message) as info:
-            init_from(model, state, categories=categories, source_categories=source_categories, source_name=str(faster_path))
-        assert str(faster_path) in str(info.value) and "another architecture" in str(info.value) and "\n" not in str(info.value)
+            init_from(model, state, categories=categories, source_categories=source_categories,
+                      source_name=str(faster_path))  # fmt: skip
+        message = str(info.value)
+        assert str(faster_path) in message and "another architecture" in message and "\n" not in message
 
     v2 = build_model(get_preset("r50_fpn_v2").replace(**{"model.num_classes": 3}))
     with pytest.raises(CheckpointError, match=r"its FPN has another layout .*its RPN has another layout") as info:
@@ -230,7 +240,9 @@ def test_our_checkpoint_copies_rows_by_category_name(tmp_path):
     path = save_checkpoint(tmp_path / "shapes.ckpt", model=source_model, config=source_cfg, categories=source_categories)
     file_state = load_checkpoint(path).model_state
 
-    dataset = CategoryMap(categories=(Category(id=7, name="triangle"), Category(id=8, name="hexagon"), Category(id=9, name="circle")))
+    dataset = CategoryMap(
+        categories=(Category(id=7, name="triangle"), Category(id=8, name="hexagon"), Category(id=9, name="circle"))
+    )
     model = build_model(_small())
     state, categories_read, description = load_init_source(path)
     assert categories_read == source_categories and "mrcnn checkpoint" in description
@@ -243,7 +255,7 @@ def test_our_checkpoint_copies_rows_by_category_name(tmp_path):
         assert torch.equal(after[f"{CLS}.weight"][new], file_state[f"{CLS}.weight"][old])
         assert torch.equal(after[f"{BOX}.bias"][4 * new : 4 * new + 4], file_state[f"{BOX}.bias"][4 * old : 4 * old + 4])
         assert torch.equal(after[f"{MASK}.weight"][new], file_state[f"{MASK}.weight"][old])
-    rpn_predictors = {"rpn.head.cls_logits.weight", "rpn.head.cls_logits.bias", "rpn.head.bbox_pred.weight", "rpn.head.bbox_pred.bias"}
+    rpn_predictors = {f"rpn.head.{layer}.{p}" for layer in ("cls_logits", "bbox_pred") for p in ("weight", "bias")}
     assert set(report.skipped) == rpn_predictors and all("shape mismatch" in r for r in report.skipped.values())
     assert set(report.loaded) == set(after) - set(CLASS_SPECIFIC) - rpn_predictors
     assert all(torch.equal(after[k], file_state[k]) for k in report.loaded)  # BN running stats included
@@ -257,6 +269,8 @@ def test_our_checkpoint_copies_rows_by_category_name(tmp_path):
 
 def test_our_checkpoint_with_another_mask_head_is_another_architecture(tmp_path):
     cfg = _small(**{"model.mask_head.head": "mlp"})
-    path = save_checkpoint(tmp_path / "mlp.ckpt", model=build_model(cfg), config=cfg, categories=CategoryMap.from_names("abc"))
-    with pytest.raises(CheckpointError, match=r"init_from .*mlp.ckpt: another architecture: its mask head has another layout"):
-        init_from(build_model(_small()), load_checkpoint(path), categories=CategoryMap.from_names("abc"), source_name=str(path))
+    categories = CategoryMap.from_names("abc")
+    path = save_checkpoint(tmp_path / "mlp.ckpt", model=build_model(cfg), config=cfg, categories=categories)
+    message = r"init_from .*mlp.ckpt: another architecture: its mask head has another layout"
+    with pytest.raises(CheckpointError, match=message):
+        init_from(build_model(_small()), load_checkpoint(path), categories=categories, source_name=str(path))

@@ -36,7 +36,7 @@ from mrcnn.checkpoint import (
 )
 from mrcnn.data.categories import CategoryMap
 
-__all__ = ["CopiedRow", "InitReport", "init_from", "load_init_source"]
+__all__ = ["CopiedRow", "InitReport", "default_source_categories", "init_from", "load_init_source"]
 
 CLASSIFIER_KEY = "roi_heads.box_predictor.cls_score.weight"
 
@@ -108,17 +108,20 @@ class InitReport:
     unused: list[str] = field(default_factory=list)
 
     def to_params(self) -> dict[str, str | int]:
-        """A small flat dict for ``mlflow.log_params``: counts, and lists as text cut to 500 characters."""
-        return {
+        """A small flat dict for ``mlflow.log_params``: counts, and lists as text cut to 500 characters
+        (``init_from.copied_keypoints`` only for a keypoint model)."""
+        params: dict[str, str | int] = {
             "init_from": _cut(self.source),
             "init_from.loaded_tensors": len(self.loaded),
             "init_from.reinitialised": _cut(", ".join(self.reinitialised) or "none"),
             "init_from.copied": _cut(_rows_text(self.copied)),
-            "init_from.copied_keypoints": _cut(_rows_text(self.copied_keypoints)),
             "init_from.new_categories": _cut(", ".join(self.new_categories) or "none"),
             "init_from.skipped": _cut("; ".join(f"{k} ({v})" for k, v in self.skipped.items()) or "none"),
             "init_from.unused_tensors": len(self.unused),
         }
+        if self.num_keypoints:
+            params["init_from.copied_keypoints"] = _cut(_rows_text(self.copied_keypoints))
+        return params
 
     def summary(self) -> str:
         """A few lines for the training log."""
@@ -237,8 +240,8 @@ def init_from(
 
     Raises:
         ValueError: ``categories`` does not fit the model (K classes, K keypoints).
-        CheckpointError: the source is another architecture (a part of the model it lacks or has in
-            another layout) or nothing of it fits; one line naming ``source_name``.
+        CheckpointError: the source is not a state dict, another architecture (a part of the model it
+            lacks or has in another layout) or nothing of it fits; one line naming ``source_name``.
     """
     module = model.module if hasattr(model, "module") else model
     description = source_name or "a state dict"
@@ -248,7 +251,9 @@ def init_from(
     else:
         state = source
     where = f"init_from {source_name or 'source'}"
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise CheckpointError(f"{where}: not a state dict of tensors (got a {type(state).__name__})")
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from a DDP wrapper
     if source_categories is None and CLASSIFIER_KEY in state:
         source_categories = default_source_categories(state)
     target = module.state_dict()

@@ -128,7 +128,7 @@ def test_torchvision_coco_weights_initialise_a_new_dataset_and_survive_a_step(co
     params = report.to_params()
     assert params["init_from.loaded_tensors"] == len(shared)
     assert params["init_from.copied"] == "car 3->1, person 1->3"
-    assert params["init_from.new_categories"] == "traffic cone"
+    assert params["init_from.new_categories"] == "traffic cone" and "init_from.copied_keypoints" not in params
     assert all(isinstance(v, (str, int)) and len(str(v)) <= 500 for v in params.values())
     assert params["init_from"] == description
     assert description == f"{path} (torchvision state dict, r50_fpn layout, box+mask heads, 90 classes)"
@@ -163,7 +163,7 @@ def test_keypoint_rcnn_weights_copy_keypoints_by_name(tmp_path):
     assert torch.equal(after[f"{CLS}.weight"][2], file_state[f"{CLS}.weight"][1])
     assert set(report.loaded) == set(after) - set(CLASS_SPECIFIC)
     assert all(torch.equal(after[k], file_state[k]) for k in report.loaded)
-    assert "left_eye 1->0" in report.summary()
+    assert "left_eye 1->0" in report.summary() and report.to_params()["init_from.copied_keypoints"] == "left_eye 1->0, nose 0->1"
 
     # The same 17 COCO keypoints: the keypoint predictor loads whole.
     model = build_model(get_preset("r50_fpn_keypoints"))
@@ -219,6 +219,8 @@ def test_another_architecture_is_one_clear_error(coco_file, tmp_path):
     resnet = torchvision.models.resnet50(weights=None).state_dict()
     with pytest.raises(CheckpointError, match="nothing fits this model.*image-classification ResNet"):
         init_from(v2, resnet, categories=DATASET, source_name="resnet50.pth")
+    with pytest.raises(CheckpointError, match="init_from x.pth: not a state dict of tensors"):
+        init_from(v2, {"model": coco_state}, categories=DATASET, source_name="x.pth")
     with pytest.raises(ValueError, match="the model has 3 classes but the category map 2"):
         init_from(v2, coco_state, categories=CategoryMap.from_names(["a", "b"]))
 

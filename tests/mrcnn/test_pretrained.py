@@ -192,7 +192,8 @@ def test_a_file_that_is_no_detection_model_is_one_clear_error(tmp_path, make, me
 
 
 def test_another_architecture_is_one_clear_error(coco_file, tmp_path):
-    """Faster R-CNN into a Mask R-CNN or a keypoint model; v2 weights into the v1 layout; a ResNet by hand."""
+    """Faster R-CNN into a Mask R-CNN or a keypoint model; v1 weights into the v2 layout; a classification ResNet,
+    a dict that is no state dict, and a category map of another K passed directly."""
     path, coco_state = coco_file
     torch.manual_seed(0)
     faster = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
@@ -208,8 +209,8 @@ def test_another_architecture_is_one_clear_error(coco_file, tmp_path):
         with pytest.raises(CheckpointError, match=message) as info:
             init_from(model, state, categories=categories, source_categories=source_categories,
                       source_name=str(faster_path))  # fmt: skip
-        message = str(info.value)
-        assert str(faster_path) in message and "another architecture" in message and "\n" not in message
+        text = str(info.value)
+        assert str(faster_path) in text and "another architecture" in text and "\n" not in text
 
     v2 = build_model(get_preset("r50_fpn_v2").replace(**{"model.num_classes": 3}))
     with pytest.raises(CheckpointError, match=r"its FPN has another layout .*its RPN has another layout") as info:

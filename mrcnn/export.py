@@ -135,6 +135,8 @@ class SampleParity:
 
 @dataclass(frozen=True)
 class ParityReport:
+    """The parity check an export passed: its format and one ``SampleParity`` per sample image."""
+
     fmt: str
     samples: tuple[SampleParity, ...]
 
@@ -185,7 +187,8 @@ def _match(ref: Outputs, out: Outputs, name: str, engine: str) -> list[tuple[int
         order = [j for j in np.argsort(diff[i], kind="stable") if j not in taken]
         j = order[0] if order else None
         if j is None or diff[i, j] > BOX_TOLERANCE_PX:
-            closest = "none of its label" if j is None or not np.isfinite(diff[i, j]) else f"the closest is {diff[i, j]:.3g} px away"
+            none = j is None or not np.isfinite(diff[i, j])
+            closest = "none of its label" if none else f"the closest is {diff[i, j]:.3g} px away"
             raise ExportCheckError(
                 f"sample {name}: PyTorch detection {i} (label {int(ref['labels'][i])}, score {ref['scores'][i]:.4f}, "
                 f"box {np.round(ref['boxes'][i], 2).tolist()}) has no match in {engine}'s {num_out} detections: "
@@ -231,6 +234,10 @@ def compare_detections(ref: Outputs, out: Outputs, *, name: str, size: tuple[int
             keypoints differ beyond the tolerances; the message names the detection and the difference.
     """
     label = f"{name!r} ({size[0]}x{size[1]})"
+    if list(out) != list(ref):
+        raise ExportCheckError(f"sample {label}: {engine} gives the outputs {list(out)}, PyTorch {list(ref)}")
+    if "masks" in out and tuple(out["masks"].shape[-2:]) != tuple(size):
+        raise ExportCheckError(f"sample {label}: {engine}'s masks are {tuple(out['masks'].shape[-2:])}, not the image's size")
     pairs = _match(ref, out, label, engine)
     max_score = max_box = 0.0
     min_iou: float | None = 1.0 if "masks" in ref else None
@@ -238,7 +245,9 @@ def compare_detections(ref: Outputs, out: Outputs, *, name: str, size: tuple[int
         where = f"sample {label}: PyTorch detection {i} (label {int(ref['labels'][i])}, score {ref['scores'][i]:.4f})"
         score_diff = abs(float(ref["scores"][i]) - float(out["scores"][j]))
         if score_diff > SCORE_TOLERANCE:
-            raise ExportCheckError(f"{where}: {engine}'s score {out['scores'][j]:.4f} differs by {score_diff:.2g} (tolerance {SCORE_TOLERANCE})")
+            raise ExportCheckError(
+                f"{where}: {engine}'s score {out['scores'][j]:.4f} differs by {score_diff:.2g} (tolerance {SCORE_TOLERANCE})"
+            )
         if "masks" in ref:
             iou = mask_iou(ref["masks"][i, 0], out["masks"][j, 0])
             if iou < MIN_MASK_IOU:
@@ -247,7 +256,9 @@ def compare_detections(ref: Outputs, out: Outputs, *, name: str, size: tuple[int
         if "keypoints" in ref:
             point_diff = float(np.abs(ref["keypoints"][i, :, :2] - out["keypoints"][j, :, :2]).max(initial=0.0))
             if point_diff > BOX_TOLERANCE_PX:
-                raise ExportCheckError(f"{where}: a keypoint differs by {point_diff:.3g} px from {engine}'s (tolerance {BOX_TOLERANCE_PX} px)")
+                raise ExportCheckError(
+                    f"{where}: a keypoint differs by {point_diff:.3g} px from {engine}'s (tolerance {BOX_TOLERANCE_PX} px)"
+                )
         max_score, max_box = max(max_score, score_diff), max(max_box, box_diff)
     return SampleParity(name, size[0], size[1], len(pairs), max_box, max_score, min_iou if pairs else None)
 
@@ -272,7 +283,8 @@ def check_parity(
             outputs = candidate(image)
         except Exception as exc:
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ExportCheckError(f"sample {name!r} ({size[0]}x{size[1]}): {engine} cannot run the exported graph: {first_line}") from exc
+            where = f"sample {name!r} ({size[0]}x{size[1]})"
+            raise ExportCheckError(f"{where}: {engine} cannot run the exported graph: {first_line}") from exc
         results.append(compare_detections(reference(image), outputs, name=name, size=size, engine=engine))
     return ParityReport(fmt=fmt, samples=tuple(results))
 
@@ -354,7 +366,7 @@ def _sample_tensors(sample_images: Mapping[str, np.ndarray] | None) -> dict[str,
     tensors = {name: image_to_tensor(image) for name, image in images.items()}
     if len({tuple(t.shape) for t in tensors.values()}) < 2:
         sizes = sorted({f"{t.shape[1]}x{t.shape[2]}" for t in tensors.values()})
-        raise ValueError(f"sample images: need at least two different sizes to check dynamic shapes, got {sizes or 'none'}")
+        raise ValueError(f"sample images: need at least two different sizes to check dynamic shapes, got {sizes}")
     return tensors
 
 

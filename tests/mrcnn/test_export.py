@@ -35,7 +35,9 @@ from tests.conftest import PHOTO
 
 SCORE_THRESHOLD = 0.3
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning", "ignore::torch.jit.TracerWarning"
+)
 
 
 def decisive(model):
@@ -51,9 +53,9 @@ def decisive(model):
 
 def photo_samples() -> dict[str, np.ndarray]:
     """The photo resized to 213x320 (landscape) and a 240x160 portrait crop of it."""
-    photo = Image.fromarray(load_image(PHOTO))  # 427x640
+    photo = Image.fromarray(load_image(PHOTO))  # 640x427 (H x W)
     landscape = np.asarray(photo.resize((320, 213), Image.BILINEAR))
-    portrait = np.asarray(photo.crop((200, 0, 440, 360)).resize((160, 240), Image.BILINEAR))
+    portrait = np.asarray(photo.crop((100, 0, 340, 360)).resize((160, 240), Image.BILINEAR))
     return {"photo-landscape": landscape, "photo-portrait": portrait}
 
 
@@ -79,7 +81,7 @@ def onnx_result(model):
 
 def square_photo() -> np.ndarray:
     """A third size, used by neither the trace nor the export's own check."""
-    return np.asarray(Image.fromarray(load_image(PHOTO)).crop((100, 0, 527, 427)).resize((176, 176), Image.BILINEAR))
+    return np.asarray(Image.fromarray(load_image(PHOTO)).crop((0, 100, 427, 527)).resize((176, 176), Image.BILINEAR))
 
 
 def test_onnx_file_has_dynamic_image_and_torchvision_outputs(onnx_result):

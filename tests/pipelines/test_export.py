@@ -146,8 +146,8 @@ def test_bad_references_and_inputs_fail_in_one_line(registry, checkpoint_file, p
 
 def test_warns_when_nothing_was_compared(exported, checkpoint_file, photo_folder, tmp_path, monkeypatch, capsys):
     _reuse_export(monkeypatch, exported)
-    monkeypatch.setattr(mrcnn_export, "onnx_runner", lambda data: lambda image: _no_detections())
-    monkeypatch.setattr(mrcnn_export, "_eager_runner", lambda wrapper: lambda image: _no_detections())
+    monkeypatch.setattr(mrcnn_export, "onnx_runner", lambda data: _no_detections)
+    monkeypatch.setattr(mrcnn_export, "_eager_runner", lambda wrapper: _no_detections)
     parser = argparse.ArgumentParser(prog="mrcnn")
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["export", "--model", str(checkpoint_file), "--out", str(tmp_path / "m.onnx"),
@@ -156,9 +156,9 @@ def test_warns_when_nothing_was_compared(exported, checkpoint_file, photo_folder
     assert "no detections on the sample images at score threshold 0.5" in capsys.readouterr().err
 
 
-def _no_detections() -> dict[str, np.ndarray]:
+def _no_detections(image) -> dict[str, np.ndarray]:
     return {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "scores": np.zeros(0, np.float32),
-            "masks": np.zeros((0, 1, 8, 8), np.float32)}  # fmt: skip
+            "masks": np.zeros((0, 1, *image.shape[1:]), np.float32)}  # fmt: skip
 
 
 def test_torch_is_not_imported_by_the_parser():

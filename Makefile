@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned, so pip takes the local wheels instead of downloading a CUDA build.
 	$(PIP) install -q -c constraints.txt torch torchvision
-	$(PIP) install -q -c constraints.txt -e ".[ray,test]"
+	$(PIP) install -q -c constraints.txt -e ".[ray,test,export]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -68,7 +68,8 @@ class MaskRCNN(nn.Module):
             raise ValueError("MaskRCNN in train mode needs targets; call model.eval() to get detections only")
         if targets is not None:
             _check_targets(images, targets)
-        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        # Plain shape entries (ints in eager mode) so that a traced export keeps the sizes dynamic.
+        original_sizes = [(img.shape[-2], img.shape[-1]) for img in images]
         image_list, targets = self.transform(images, targets)
         batch = image_list.tensors
         if self.channels_last:

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
-from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
+from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _onnx_merge_levels, _setup_scales
 
 _MIN_ROIS_PER_THREAD = 32
 _POOL: ThreadPoolExecutor | None = None
@@ -97,6 +97,9 @@ class MultiScaleRoIPooler(nn.Module):
         for level, (features_in_level, scale) in enumerate(zip(features_per_level, scales)):
             idx_in_level = torch.where(levels == level)[0]
             jobs.append((idx_in_level, features_in_level, scale))
+        if torch.jit.is_tracing():
+            # Export: assigning by index would trace with the example's RoI counts; torchvision's scatter does not.
+            return _onnx_merge_levels(levels, [self._pool_level(f, rois[idx], s).to(ref.dtype) for idx, f, s in jobs])
         num_threads = torch.get_num_threads()
         if ref.device.type == "cpu" and num_threads > 1 and N >= _MIN_ROIS_PER_THREAD * 2 and not torch.is_grad_enabled():
             # torchvision's CPU kernels pool one RoI at a time on one core: split the RoIs over the

@@ -63,7 +63,7 @@ class RoIHeads(TorchvisionRoIHeads):
             per image: boxes Tensor[D, 4] XYXY, scores Tensor[D], labels Tensor[D] int64; best first.
         """
         num_classes = class_logits.shape[-1]
-        boxes_per_image = [len(p) for p in proposals]
+        boxes_per_image = [p.shape[0] for p in proposals]  # shape, not len: dynamic in a traced export
         pred_boxes = self.box_coder.decode(box_regression, proposals).split(boxes_per_image, 0)
         pred_scores = F.softmax(class_logits, -1).split(boxes_per_image, 0)
         all_boxes, all_scores, all_labels = [], [], []
@@ -185,6 +185,9 @@ def _class_nms_top(boxes: Tensor, scores: Tensor, labels: Tensor, *, iou_thresho
     Returns:
         Tensor[<= top] int64: indices into ``boxes``, by decreasing score.
     """
+    if torch.jit.is_tracing():
+        # ONNX/TorchScript export: no data-dependent loop; batched_nms over all candidates, the same result.
+        return box_ops.batched_nms(boxes, scores, labels, iou_threshold)[:top]
     order = scores.argsort(descending=True, stable=True)
     num = min(len(order), max(4 * top, 1))
     while True:

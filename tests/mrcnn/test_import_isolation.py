@@ -11,6 +11,7 @@ MODULES = (
     "mrcnn.config",
     "mrcnn.modeling",
     "mrcnn.checkpoint",
+    "mrcnn.inference",
     "mrcnn.predictor",
     "mrcnn.engine",
     "mrcnn.evaluation",

@@ -93,6 +93,9 @@ class Predictor:
             ``model`` itself is left as it is (it can still be saved or trained). False: run ``model``
             exactly as given.
 
+    Raises:
+        ValueError: ``optimize`` names an option other than ``channels_last`` and ``winograd``.
+
     The predictor changes nothing in the process (no malloc, thread or global settings).
     """
 
@@ -115,6 +118,9 @@ class Predictor:
         self.inference_model = self.model
         if optimize is not False:
             options = {} if optimize is True else dict(optimize)
+            unknown = sorted(set(options) - {"channels_last", "winograd"})
+            if unknown:
+                raise ValueError(f"Predictor(optimize=...): unknown option(s) {unknown}; expected channels_last, winograd")
             self.inference_model = optimize_for_inference(copy.deepcopy(self.model), **options)
         self.config = config
         self.categories = categories

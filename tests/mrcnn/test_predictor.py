@@ -169,6 +169,8 @@ def test_default_predictor_is_optimized_without_winograd(predictor, images):
     winograd = Predictor(predictor.model, config=predictor.config, categories=CATEGORIES, optimize={"winograd": True})
     assert any(isinstance(m, WinogradConv2d) for m in winograd.inference_model.modules())
     assert Predictor(predictor.model, config=predictor.config, categories=CATEGORIES, optimize=False).inference_model is predictor.model
+    with pytest.raises(ValueError, match="winograd"):
+        Predictor(predictor.model, config=predictor.config, categories=CATEGORIES, optimize={"wino": True})
 
 
 def test_predict_each_reruns_a_failing_batch_image_by_image(predictor, images):

@@ -70,9 +70,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- predict
 def _load_predictor(weights: str, arch: str | None, device: str, score_threshold: float | None):
+    import torch
+
+    from mrcnn import runtime
     from mrcnn.predictor import Predictor
 
-    predictor = Predictor.from_checkpoint(weights, arch=arch, device=device)
+    # This command's choice for its process (mrcnn.runtime): on a CPU malloc keeps freed memory, which is
+    # also what makes the Winograd 3x3s pay off.
+    winograd = torch.device(device).type == "cpu" and runtime.keep_freed_memory()
+    predictor = Predictor.from_checkpoint(weights, arch=arch, device=device, optimize={"winograd": winograd})
     if score_threshold is not None:
         predictor.score_threshold = score_threshold
     return predictor
@@ -120,11 +126,9 @@ def _predict_images(predictor, named: list[tuple[Path, str]], *, batch_size: int
                     overlay_dir: str | None):  # fmt: skip
     """Predict every readable image of ``(path, name)``; ``image_ids`` maps a name to its ground-truth id (and
     the records then carry the ground truth's file_name). Returns (COCO results, skipped [(path, reason)])."""
-    from PIL import Image
-
     from mrcnn.data.images import ImageDecodeError, load_image
     from mrcnn.records import coco_result
-    from mrcnn.visualize import draw_detections
+    from mrcnn.visualize import save_overlay
 
     results: list[dict[str, Any]] = []
     skipped: list[tuple[Path, str]] = []
@@ -146,8 +150,7 @@ def _predict_images(predictor, named: list[tuple[Path, str]], *, batch_size: int
                 inside = [p for p in Path(name).with_suffix(".png").parts if p not in ("..", "/")]
                 target = Path(overlay_dir).joinpath(*inside) if inside else Path(overlay_dir) / f"{path.stem}.png"
                 target.parent.mkdir(parents=True, exist_ok=True)
-                drawn = draw_detections(image, detections, skeletons=predictor.categories.skeletons)
-                Image.fromarray(drawn).save(target)
+                save_overlay(target, image, detections, skeletons=predictor.categories.skeletons)
             print(f"{path}: {len(detections)} instances", file=sys.stderr)
     return results, skipped
 

@@ -32,12 +32,11 @@ def run_demo(
     ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the summary (also written to ``WORKDIR/summary.json``)."""
-    from PIL import Image
 
     from mrcnn.data.images import load_image
     from mrcnn.data.synthetic import make_synthetic_coco
     from mrcnn.predictor import Predictor
-    from mrcnn.visualize import draw_detections
+    from mrcnn.visualize import save_overlay
     from pipelines.common import ray_session, write_atomic
     from pipelines.preprocess import preprocess_dataset
     from pipelines.tracking import (
@@ -89,7 +88,7 @@ def run_demo(
         for path in paths:
             image = load_image(path)
             detections = predictor.predict([image])[0]
-            Image.fromarray(draw_detections(image, detections)).save(overlay_dir / path.name)
+            save_overlay(overlay_dir / path.name, image, detections)
 
     summary = {
         "segm_AP": round(segm.get("AP", -1.0), 2),

@@ -447,10 +447,9 @@ def _fail_once(marker: Path) -> None:
 def _log_overlays(tracker, model, val, categories, device, count: int) -> None:
     import numpy as np
     import torch
-    from PIL import Image
 
     from mrcnn.predictor import detections_to_records
-    from mrcnn.visualize import draw_detections
+    from mrcnn.visualize import save_overlay
 
     module = model.module if hasattr(model, "module") else model
     module.eval()
@@ -462,7 +461,7 @@ def _log_overlays(tracker, model, val, categories, device, count: int) -> None:
             rgb = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             records = detections_to_records({k: v.cpu() for k, v in det.items()}, categories)
             records = [r for r in records if r["score"] >= 0.5]
-            Image.fromarray(draw_detections(rgb, records, skeletons=categories.skeletons)).save(Path(tmp) / f"val_{i}.png")
+            save_overlay(Path(tmp) / f"val_{i}.png", rgb, records, skeletons=categories.skeletons)
         tracker.log_images(tmp)
 
 

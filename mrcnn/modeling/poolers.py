@@ -15,15 +15,6 @@ from torchvision.ops import roi_align, roi_pool
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _onnx_merge_levels, _setup_scales
 
 _MIN_ROIS_PER_THREAD = 32
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _thread_pool() -> ThreadPoolExecutor:
-    """The threads that pool RoI chunks in parallel at inference (created on first use)."""
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="mrcnn-roi-pool")
-    return _POOL
 
 
 class MultiScaleRoIPooler(nn.Module):
@@ -60,6 +51,20 @@ class MultiScaleRoIPooler(nn.Module):
         self.aligned = aligned
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
+        self._threads: ThreadPoolExecutor | None = None  # this pooler's own, created on first parallel use
+
+    def __getstate__(self) -> dict:  # copies and pickles start without threads (they make their own)
+        state = super().__getstate__()
+        return {**state, "_threads": None}
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        """The threads that pool RoI chunks in parallel at inference (created on first use). They end when
+        the pooler is garbage-collected (the executor's workers exit once it is unreachable)."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(
+                max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="mrcnn-roi-pool"
+            )
+        return self._threads
 
     def _pool_level(self, features: Tensor, rois: Tensor, scale: float) -> Tensor:
         if self.mode == "roi_align":
@@ -111,7 +116,7 @@ class MultiScaleRoIPooler(nn.Module):
                 if len(chunk)
             ]
             features_by_job = [features_in_level.contiguous() for _, features_in_level, _ in jobs]
-            pooled_by_job = _thread_pool().map(
+            pooled_by_job = self._thread_pool().map(
                 lambda job, feats: self._pool_level(feats, rois[job[0]], job[2]), jobs, features_by_job
             )
             for (idx, _, _), pooled in zip(jobs, pooled_by_job):

@@ -80,28 +80,38 @@ class MaskRCNNPyfunc(mlflow.pyfunc.PythonModel):
         """Detection records for one image (a list of records) or for a list of images (a list of lists).
 
         Args:
-            model_input: an HxWx3 uint8 RGB array, or a list of them (any sizes).
+            model_input: an HxWx3 uint8 RGB array, or a list of them (any sizes); integer arrays with values
+                in 0..255 are taken as uint8.
             params: optional ``score_threshold`` (float) and ``max_detections`` (int) for this call.
 
         Raises:
-            ValueError: an input that is not an HxWx3 uint8 array (or a list of them).
+            ValueError: an input that is not an HxWx3 uint8 array (or a list of them), naming the bad one.
         """
         single = isinstance(model_input, np.ndarray)
-        images = [model_input] if single else model_input
-        if not isinstance(images, (list, tuple)):
+        if not (single or isinstance(model_input, (list, tuple))):
             raise ValueError(f"model input: expected an HxWx3 uint8 array or a list of them, got {type(model_input).__name__}")
-        for index, image in enumerate(images):
-            if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-                what = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-                where = "model input" if single else f"model input [{index}]"
-                raise ValueError(f"{where}: expected an HxWx3 uint8 array, got {what}")
+        images = [_checked_image(model_input, "model input")] if single else [
+            _checked_image(image, f"model input [{index}]") for index, image in enumerate(model_input)
+        ]  # fmt: skip
         params = params or {}
         records = self.predictor.predict(
-            list(images),
+            images,
             score_threshold=None if params.get("score_threshold") is None else float(params["score_threshold"]),
             max_detections=None if params.get("max_detections") is None else int(params["max_detections"]),
         )
         return records[0] if single else records
+
+
+def _checked_image(image: Any, where: str) -> np.ndarray:
+    """``image`` as HxWx3 uint8; an integer array with values in 0..255 (what a JSON request to
+    ``mlflow models serve`` becomes) is cast. ValueError naming ``where`` and what it got otherwise."""
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3:
+        if image.dtype == np.uint8:
+            return image
+        if np.issubdtype(image.dtype, np.integer) and (image.size == 0 or (image.min() >= 0 and image.max() <= 255)):
+            return image.astype(np.uint8)
+    what = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+    raise ValueError(f"{where}: expected an HxWx3 uint8 array, got {what}")
 
 
 def read_thresholds(path: str | os.PathLike | None) -> dict[int, float] | None:

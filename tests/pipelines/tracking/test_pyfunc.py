@@ -110,4 +110,9 @@ def test_pyfunc_keypoint_model_and_stored_thresholds(server, small_keypoint_chec
     for got, want in zip(model.predict(images, params={"score_threshold": 0.0}), expected):
         _assert_same_records(got, want)
         assert "keypoints" in got[0]
+    as_json = images[1].astype(np.int64)  # what a JSON request to `mlflow models serve` becomes
+    _assert_same_records(model.predict(as_json, params={"score_threshold": 0.0}),
+                         Predictor.from_checkpoint(small_keypoint_checkpoint).predict(images[1:], score_threshold=0.0)[0])
+    with pytest.raises(Exception, match=r"model input: expected an HxWx3 uint8 array, got int64 array of shape \(8, 8\)"):
+        model.predict(np.full((8, 8), 300))
     assert model.metadata.signature.inputs is None and model.metadata.get_params_schema() is not None

@@ -17,6 +17,7 @@ from mrcnn.data.synthetic import make_synthetic_coco
 from pipelines.preprocess import preprocess_dataset
 from pipelines.train import TrainRunConfig, train
 from tests.pipelines.mlflow_server import mlflow_server
+from tests.pipelines.train_hooks import FailOnce
 
 # A light model so that a few steps take seconds: the small preset with narrower heads.
 LIGHT = {
@@ -86,8 +87,10 @@ def test_ddp_on_two_nodes_keeps_ranks_in_sync_and_tracks_to_mlflow(shards, tmp_p
     from mlflow.tracking import MlflowClient
 
     dump = tmp_path / "dump"
-    run = _run(shards, tmp_path, placement_strategy="SPREAD", debug_dump_dir=str(dump), tracking_uri=server.tracking_uri)
-    result = train(run)
+    run = _run(shards, tmp_path, placement_strategy="SPREAD", tracking_uri=server.tracking_uri)
+    dumps = [{"factory": f"tests.pipelines.train_hooks:{name}", "kwargs": {"out_dir": str(dump)}}
+             for name in ("DumpSeenImages", "DumpParameters")]  # fmt: skip
+    result = train(run, extra_hooks=dumps)
 
     # Workers ran on two different nodes.
     nodes = {(dump / f"node_rank{r}.txt").read_text() for r in (0, 1)}
@@ -125,9 +128,10 @@ def test_killed_worker_resumes_from_latest_checkpoint_in_the_same_mlflow_run(sha
 
     ray.init(num_cpus=3, include_dashboard=False)
     try:
-        run = _run(shards, tmp_path, max_iters=6, eval_every=0, fail_at_iteration=3, name="fault",
-                   tracking_uri=server.tracking_uri, experiment="tests-fault")
-        result = train(run)
+        run = _run(shards, tmp_path, max_iters=6, eval_every=0, name="fault", tracking_uri=server.tracking_uri,
+                   experiment="tests-fault")
+        marker = Path(run.storage_path) / run.name / ".injected_failure"
+        result = train(run, extra_hooks=[FailOnce(3, str(marker))])
     finally:
         ray.shutdown()
 

@@ -225,7 +225,8 @@ def check_hook_specs(specs: Sequence[HookSpec]) -> list[HookSpec]:
         if isinstance(spec, str):
             spec = {"factory": spec}
         if not isinstance(spec, Mapping) or set(spec) - {"factory", "kwargs"}:
-            raise ValueError(f"train hook {spec!r}: expected 'module:name', {{'factory': 'module:name', 'kwargs': {{...}}}} or a callable")
+            raise ValueError(f"train hook {spec!r}: expected a HookBase, 'module:name', "
+                             "{'factory': 'module:name', 'kwargs': {...}} or a callable")  # fmt: skip
         module, sep, name = str(spec.get("factory", "")).partition(":")
         if not (module and sep and name):
             raise ValueError(f"train hook {spec!r}: factory must be 'module:name', e.g. 'tests.pipelines.train_hooks:FailOnce'")

@@ -76,7 +76,9 @@ class _Quadratic(torch.nn.Module):
 
 
 def _loader(num_batches: int, batch_size: int = 2):
-    return [([torch.zeros(3, 4, 4)] * batch_size, [{"image_id": 10 * b + i} for i in range(batch_size)]) for b in range(num_batches)]
+    """``num_batches`` batches of blank images; image ids 10 * batch + index."""
+    return [([torch.zeros(3, 4, 4)] * batch_size, [{"image_id": 10 * b + i} for i in range(batch_size)])
+            for b in range(num_batches)]  # fmt: skip
 
 
 class _Recorder(HookBase):

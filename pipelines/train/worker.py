@@ -86,7 +86,7 @@ def _hooks(run: TrainRunConfig, cfg, categories, *, rank: int, model, state, tra
         evaluation = PeriodicEvaluation(lambda: _evaluate(model, val, cfg, categories, device),
                                         period=math.lcm(run.eval_every, run.checkpoint_every))  # fmt: skip
         best = BestModel(selection_metric(cfg))
-    write = (lambda metrics, step: tracker.log_metrics(metrics, step=step)) if tracker is not None else None
+    write = tracker.log_metrics if tracker is not None else None  # train/* of every step, rank 0
     register = register_best(tracker, run, state) if tracker is not None and run.model_name else None
     report = RayReport(run.checkpoint_every, rank=rank, cfg=cfg, categories=categories, key=run_key(run), best=best,
                        register=register)  # fmt: skip

@@ -83,7 +83,10 @@ def test_submit_preprocess_and_train_through_the_jobs_api(cluster, server, tmp_p
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     outcome = last_json(done.stdout)
     assert outcome["status"] == "SUCCEEDED"
-    train_summary = next(json.loads(line) for line in reversed(done.stdout.splitlines()) if line.startswith('{"iteration"'))
+    # The driver disconnects from Ray before printing its summary; Ray Data's progress bars then leave
+    # cursor movements (ESC [ A) at the start of the summary's line.
+    lines = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line) for line in done.stdout.splitlines()]
+    train_summary = next(json.loads(line) for line in reversed(lines) if line.startswith('{"iteration"'))
     assert train_summary["iteration"] == 8  # 2 epochs x 16 images / (2 workers x 2 images)
 
     # Sharding: both ranks on different nodes; in each epoch every training image exactly once.

@@ -36,7 +36,7 @@ def shards(tmp_path_factory) -> Path:
     out = root / "shards"
     import ray as _ray
 
-    _ray.init(num_cpus=2, include_dashboard=False)
+    _ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         preprocess_dataset(root / "synth", out)
     finally:
@@ -127,7 +127,7 @@ def test_ddp_on_two_nodes_keeps_ranks_in_sync_and_tracks_to_mlflow(shards, tmp_p
 def test_killed_worker_resumes_from_latest_checkpoint_in_the_same_mlflow_run(shards, tmp_path, server):
     from mlflow.tracking import MlflowClient
 
-    ray.init(num_cpus=3, include_dashboard=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False)
     try:
         run = _run(shards, tmp_path, max_iters=6, eval_every=0, name="fault", tracking_uri=server.tracking_uri,
                    experiment="tests-fault")
@@ -149,7 +149,7 @@ def test_killed_worker_resumes_from_latest_checkpoint_in_the_same_mlflow_run(sha
 
 
 def test_relaunch_with_same_name_resumes(shards, tmp_path):
-    ray.init(num_cpus=3, include_dashboard=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False)
     try:
         first = train(_run(shards, tmp_path, max_iters=2, eval_every=0, name="again"))
         second = train(_run(shards, tmp_path, max_iters=4, eval_every=0, name="again"))

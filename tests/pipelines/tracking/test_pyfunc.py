@@ -41,7 +41,7 @@ def trained(server, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("pyfunc_train")
     make_synthetic_coco(root / "synth", num_train=4, num_val=2, size=96, seed=0)
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         preprocess_dataset(root / "synth", root / "shards")
         run = TrainRunConfig(data=str(root / "shards"), preset="r18_fpn_small", overrides=LIGHT, workers=1,

@@ -117,6 +117,8 @@ def job_main(verb: str, argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``mrcnn ARGV`` (default: ``sys.argv[1:]``). Returns the exit code: 0 done, 1 done with failures (skipped
+    images, a failed variant or job), 2 an error (printed as one ``mrcnn: error: ...`` line), 130 interrupted."""
     args = build_parser().parse_args(argv)
     try:
         _check_args(args)

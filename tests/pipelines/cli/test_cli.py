@@ -202,6 +202,6 @@ def test_one_vocabulary_old_names_kept():
         predict = [parser.parse_args(["predict", "x.jpg", flag, "m.ckpt", "--out", "o.json"]) for flag in (old, new)]
         assert [a.model for a in predict] == ["m.ckpt", "m.ckpt"]
         assert [parser.parse_args(["eval", flag, "m.ckpt"]).model for flag in (old, new)] == ["m.ckpt", "m.ckpt"]
-    for verb, extra in (("segment", ["--input", "i", "--out", "o"]), ("evaluate", ["--out", "o"]), ("ablate", []),
-                        ("predict", ["x.jpg", "--model", "m"])):  # fmt: skip
+    for verb, extra in (("segment", ["--model", "m", "--input", "i", "--out", "o"]), ("evaluate", ["--model", "m", "--out", "o"]),
+                        ("ablate", []), ("predict", ["x.jpg", "--model", "m"])):  # fmt: skip
         assert parser.parse_args([verb, *extra, "--out", "elsewhere"]).out == "elsewhere"

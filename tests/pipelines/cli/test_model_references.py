@@ -5,6 +5,7 @@ MLflow store (the embedded SQLite default); an unknown alias, version or run is 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -78,7 +79,7 @@ def test_the_console_script_reads_the_store_from_the_environment(store, tmp_path
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "predict", str(PHOTO), "--model", store.refs["alias"], "--out", str(out)],
         capture_output=True, text=True, timeout=600,
-        env={**__import__("os").environ, "MLFLOW_TRACKING_URI": store.uri, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        env={**os.environ, "MLFLOW_TRACKING_URI": store.uri, "MLFLOW_DISABLE_TELEMETRY": "true"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "detections on 1 images" in result.stdout

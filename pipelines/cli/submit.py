@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
         "may come before or after JOB; arguments after `--` go to the job untouched (e.g. the job's own --address). "
         "The last line printed is JSON: the job id and its status (final with --follow).",
     )  # fmt: skip
-    p.add_argument("job", metavar="JOB", help="preprocess, train, evaluate, segment, serve or demo (the modules of jobs/)")
+    p.add_argument("job", metavar="JOB", help="preprocess, train, evaluate, segment, serve, export, ablate or demo (the modules of jobs/)")
     p.add_argument("job_args", nargs=argparse.REMAINDER, metavar="ARGS", help="the job's arguments, as on its command line")
     _add_submit_options(p)
     p.set_defaults(func=cmd_submit)

@@ -39,7 +39,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--annotations", help="ground-truth json for --model")
     p.add_argument("--images", help="image folder for --model")
     p.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default 2)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    p.add_argument("--report", metavar="DIR", help="write the evaluation report here: per-class AP/AR (CSV), PR curves "
+                   "per class at IoU .50 and .75, confusion matrices at IoU .5, the worst images per class (with --images)")
+    compare = p.add_mutually_exclusive_group()
+    compare.add_argument("--compare-predictions", metavar="PRED.json",
+                         help="a second model's results on the same data: print the per-class AP difference")
+    compare.add_argument("--compare-model", metavar="MODEL",
+                         help="a second model (any model reference) predicting the same images: print the per-class AP difference")
     p.set_defaults(func=cmd_eval)
 
 
@@ -78,13 +85,17 @@ def _result_iou_types(results: list[dict[str, Any]]) -> tuple[str, ...]:
     return ("bbox",) + (("segm",) if has_segm else ()) + (("keypoints",) if has_keypoints else ())
 
 
-def _metrics_of_predictions(args: argparse.Namespace) -> dict[str, Any]:
-    from mrcnn.evaluation import evaluate_coco, load_coco_gt
+class Evaluated:
+    """One model's (or predictions file's) results on the ground truth, and their metrics."""
 
-    if not args.gt:
-        raise CLIError("eval --predictions needs --gt ANN.json")
-    gt = load_coco_gt(args.gt)
-    path = Path(args.predictions)
+    def __init__(self, gt, results: list[dict[str, Any]], iou_types: tuple[str, ...]) -> None:
+        from mrcnn.evaluation import evaluate_coco
+
+        self.gt, self.results, self.iou_types = gt, results, iou_types
+        self.metrics = evaluate_coco(gt, results, iou_types=iou_types)
+
+
+def _read_predictions(path: Path, gt) -> list[dict[str, Any]]:
     if not path.is_file():
         raise CLIError(f"{path}: no such file")
     try:
@@ -93,17 +104,28 @@ def _metrics_of_predictions(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(f"{path}: not valid json ({exc})") from None
     if not isinstance(results, list):
         raise CLIError(f"{path}: expected a COCO results list, got {type(results).__name__}")
-    return evaluate_coco(gt, _attach_image_ids(results, gt, str(path)), iou_types=_result_iou_types(results))
+    return _attach_image_ids(results, gt, str(path))
 
 
-def _metrics_of_model(args: argparse.Namespace) -> dict[str, Any]:
-    from mrcnn.evaluation import evaluate_coco, load_coco_gt
+def _evaluate_predictions(args: argparse.Namespace, path: str) -> Evaluated:
+    from mrcnn.evaluation import load_coco_gt
 
-    if not (args.model and (args.annotations or args.gt) and args.images):
+    annotations = args.gt or args.annotations
+    if not annotations:
+        raise CLIError("eval --predictions needs --gt ANN.json")
+    gt = load_coco_gt(annotations)
+    results = _read_predictions(Path(path), gt)
+    return Evaluated(gt, results, _result_iou_types(results))
+
+
+def _evaluate_model(args: argparse.Namespace, model: str) -> Evaluated:
+    from mrcnn.evaluation import load_coco_gt
+
+    if not (model and (args.annotations or args.gt) and args.images):
         raise CLIError("eval needs either --gt and --predictions, or --model, --annotations and --images")
     annotations = args.annotations or args.gt
     gt = load_coco_gt(annotations)
-    predictor = load_predictor(args.model, arch=args.arch, device=args.device, score_threshold=args.score_threshold,
+    predictor = load_predictor(model, arch=args.arch, device=args.device, score_threshold=args.score_threshold,
                                tracking_uri=args.tracking_uri)  # fmt: skip
     if args.score_threshold is None:
         predictor.score_threshold = predictor.config.model.box_head.score_thresh
@@ -118,10 +140,36 @@ def _metrics_of_model(args: argparse.Namespace) -> dict[str, Any]:
     )
     for path, reason in skipped:
         print(f"mrcnn: warning: skipped {reason}", file=sys.stderr)
-    return evaluate_coco(gt, results, iou_types=predictor.config.model.iou_types)
+    return Evaluated(gt, results, tuple(predictor.config.model.iou_types))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    metrics = _metrics_of_predictions(args) if args.predictions else _metrics_of_model(args)
-    _print_metrics(metrics, args.json)
+    from mrcnn.report import evaluate_per_class, format_per_class_table
+
+    evaluated = _evaluate_predictions(args, args.predictions) if args.predictions else _evaluate_model(args, args.model)
+    _print_metrics(evaluated.metrics, args.json)
+    if not args.json:
+        print()
+        print(format_per_class_table(evaluate_per_class(evaluated.gt, evaluated.results, iou_types=evaluated.iou_types)))
+    if args.compare_predictions or args.compare_model:
+        _print_comparison(args, evaluated)
+    if args.report:
+        from mrcnn.report import write_report
+
+        write_report(args.report, evaluated.gt, evaluated.results, iou_types=evaluated.iou_types, images_dir=args.images)
+        print(f"report: {args.report}", file=sys.stderr)
     return 0
+
+
+def _print_comparison(args: argparse.Namespace, evaluated: Evaluated) -> None:
+    """The per-class AP of a second model on the same data, beside the first's (B - A)."""
+    from mrcnn.report import compare_per_class, format_per_class_comparison
+
+    if args.compare_predictions:
+        other, label = _evaluate_predictions(args, args.compare_predictions), Path(args.compare_predictions).name
+    else:
+        other, label = _evaluate_model(args, args.compare_model), args.compare_model
+    first = Path(args.predictions).name if args.predictions else args.model
+    print()
+    print(f"per-class AP: A = {first}, B = {label}")
+    print(format_per_class_comparison(compare_per_class(evaluated.metrics, other.metrics)))

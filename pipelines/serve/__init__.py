@@ -23,15 +23,8 @@ from pipelines.serve.api import WEB_PAGE, build_api
 from pipelines.serve.app import SegmentationService, build_app
 from pipelines.serve.config import TOKEN_ENV, ServeConfig, deployment_options
 from pipelines.serve.deployment import BatchStats, SegmentationModel
-from pipelines.serve.requests import (
-    ApiError,
-    SegmentQuery,
-    bearer_token_ok,
-    check_content_type,
-    decode_request_image,
-    instances_json,
-    parse_segment_query,
-)
+from pipelines.serve.requests import ApiError, SegmentQuery, bearer_token_ok, check_content_type, decode_request_image
+from pipelines.serve.requests import instances_json, parse_segment_query
 from pipelines.serve.run import run_server
 
 __all__ = [

@@ -22,17 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 
-from pipelines.serve.requests import (
-    ApiError,
-    SegmentQuery,
-    bearer_token_ok,
-    check_content_type,
-    decode_request_image,
-    instances_json,
-    multipart_file,
-    parse_segment_query,
-    read_body,
-)
+from pipelines.serve.requests import ApiError, SegmentQuery, bearer_token_ok, check_content_type, decode_request_image
+from pipelines.serve.requests import instances_json, multipart_file, parse_segment_query, read_body
 
 if TYPE_CHECKING:
     from fastapi.responses import JSONResponse

@@ -205,19 +205,18 @@ def _write_shards(
         write_returns: list[dict] = []
         if input_refs:
             sink = make_shard_datasink(fs, split_dir, num_shards)
-            dataset = ray.data.from_arrow_refs(input_refs).map_batches(
-                read_and_check_images,
-                batch_size=batch_size,
-                batch_format="pyarrow",
-                fn_kwargs={
-                    "fs": image_fs,
-                    "image_root": image_root,
-                    "image_root_display": image_root_display,
-                    "source": source,
-                },
-            )
-            with _data_context(progress):
-                dataset.write_datasink(sink)
+            with _data_context(progress):  # before the dataset is made: it keeps a copy of the context
+                ray.data.from_arrow_refs(input_refs).map_batches(
+                    read_and_check_images,
+                    batch_size=batch_size,
+                    batch_format="pyarrow",
+                    fn_kwargs={
+                        "fs": image_fs,
+                        "image_root": image_root,
+                        "image_root_display": image_root_display,
+                        "source": source,
+                    },
+                ).write_datasink(sink)
             write_returns = sink.write_returns
             del input_refs
     write_empty_shards(fs, split_dir, num_shards, write_returns)

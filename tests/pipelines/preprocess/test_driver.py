@@ -339,3 +339,30 @@ def test_failed_preprocess_leaves_the_output_untouched(tmp_path, monkeypatch):
         preprocess_coco(annotations=annotations, images=images, out=existing, split="train", num_shards=2, progress=False)
     after = {p.relative_to(existing): p.read_bytes() for p in existing.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_progress_flag_and_block_cap_are_set_before_the_dataset_is_made(tmp_path, monkeypatch):
+    """A Dataset keeps a copy of Ray Data's context when it is made: progress=False turns its progress bars
+    (tqdm, or log lines when stdout is not a terminal) off, and its output blocks stay at 16 MiB; afterwards the
+    context is as it was."""
+    from pipelines.preprocess.driver import PREPROCESS_BLOCK_BYTES
+
+    annotations, images = _field_dataset(tmp_path / "src")
+    context = ray.data.DataContext.get_current()
+    before = (context.enable_progress_bars, context.target_max_block_size)
+    seen = []
+    real_from_arrow_refs = ray.data.from_arrow_refs
+
+    def spy(refs):
+        current = ray.data.DataContext.get_current()
+        seen.append((current.enable_progress_bars, current.target_max_block_size))
+        return real_from_arrow_refs(refs)
+
+    monkeypatch.setattr(ray.data, "from_arrow_refs", spy)
+    for progress in (False, True):
+        preprocess_coco(annotations=annotations, images=images, out=tmp_path / f"out{progress}", split="val",
+                        num_shards=1, progress=progress)  # fmt: skip
+    assert PREPROCESS_BLOCK_BYTES == 16 * 2**20
+    assert seen == [(False, PREPROCESS_BLOCK_BYTES), (before[0], min(before[1], PREPROCESS_BLOCK_BYTES))]
+    assert before[0] is True  # Ray Data's default: the bars show with progress=True
+    assert (context.enable_progress_bars, context.target_max_block_size) == before

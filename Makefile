@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/mrcnn demo --workdir mrcnn-demo
+	$(VENV)/bin/mrcnn demo --out mrcnn-demo
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q

@@ -11,7 +11,7 @@ Normalisation, resizing, box rescaling and mask pasting are inside the graph (th
 torchvision's tracing-friendly paste). Detections are best first; ``score_threshold`` is baked in.
 
 Both formats are produced by tracing the plain eval-mode model (``ExportableMaskRCNN``), never the copy that
-``mrcnn.modeling.inference.optimize_for_inference`` rewrites. ONNX goes through PyTorch's TorchScript-based
+``mrcnn.inference.optimize_for_inference`` rewrites. ONNX goes through PyTorch's TorchScript-based
 exporter (``torch.onnx.export(..., dynamo=False)``), the path torchvision tests Mask R-CNN with: the
 torch.export-based exporter cannot capture the data-dependent control flow of detection post-processing
 (torchvision's ``batched_nms`` branches on the number of boxes), see docs/export.md.
@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from mrcnn.data.dataset import image_to_tensor
 from mrcnn.modeling.mask_rcnn import MaskRCNN
-from mrcnn.modeling.winograd import WinogradConv2d
+from mrcnn.inference.winograd import WinogradConv2d
 
 FORMATS = ("onnx", "torchscript")
 FILE_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}

@@ -4,15 +4,13 @@ ONNX or TorchScript file, checked against PyTorch before it is written (``mrcnn.
     from pipelines.export import export_model
     summary = export_model("models:/mrcnn-demo@best", fmt="onnx", out="s3://bucket/mrcnn-demo.onnx")
 
-``add_parser`` and ``cmd_export`` are the ``mrcnn export`` verb. Importing this package imports only them, so
-that ``mrcnn --help`` stays fast; ``export_model`` and the rest (torch, pyarrow) load on first use.
+The ``mrcnn export`` verb is ``pipelines.cli.export``. Importing this package is cheap: ``export_model`` and the
+rest (torch, pyarrow) load on first use.
 """
 
 from typing import Any
 
-from pipelines.export.command import add_parser, cmd_export
-
-__all__ = ["ExportSummary", "add_parser", "cmd_export", "export_model", "load_sample_images"]
+__all__ = ["ExportSummary", "export_model", "load_sample_images"]
 _LAZY = {"ExportSummary", "export_model", "load_sample_images"}
 
 

@@ -27,7 +27,7 @@ from mrcnn.export import (
     onnx_runner,
     torchscript_runner,
 )
-from mrcnn.modeling.inference import optimize_for_inference
+from mrcnn.inference import optimize_for_inference
 from mrcnn.modeling.poolers import MultiScaleRoIPooler
 from mrcnn.modeling.roi_heads import _class_nms_top
 from mrcnn.predictor import Predictor

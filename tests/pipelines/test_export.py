@@ -13,7 +13,8 @@ from mrcnn import export as mrcnn_export
 from mrcnn.checkpoint import load_checkpoint, save_checkpoint
 from mrcnn.data.dataset import image_to_tensor
 from mrcnn.export import ExportCheckError, onnx_runner
-from pipelines.export import add_parser, cmd_export, export_model, load_sample_images
+from pipelines.cli.export import add_parser, cmd_export
+from pipelines.export import export_model, load_sample_images
 from pipelines.tracking import Tracker, default_tracking_uri, register_checkpoint
 from tests.mrcnn.test_export import SCORE_THRESHOLD, decisive, photo_samples
 

@@ -50,7 +50,7 @@ import json
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pipelines.batch.inputs import _build_dataset, _Input, _open_input
@@ -136,19 +136,10 @@ class SegmentSummary:
         return done / self.pipeline_seconds if self.pipeline_seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "input": self.input,
-            "input_kind": self.input_kind,
-            "out_dir": self.out_dir,
-            "model_uri": self.model_uri,
-            "model_sha256": self.model_sha256,
-            "num_inputs": self.num_inputs,
-            "num_ignored_files": self.num_ignored_files,
-            "num_already_done": self.num_already_done,
-            "num_processed": self.num_processed,
-            "num_rejected_now": self.num_rejected_now,
-            "num_results": self.num_results,
-            "num_detections": self.num_detections,
+        """The ``_summary.json`` object: the fields from ``input`` to ``num_detections`` as they are, then
+        ``num_rejects``, ``rejects`` (by reason), ``duplicates_dropped``, ``outputs`` and the times (s, 3 decimals)."""
+        counts = {f.name: getattr(self, f.name) for f in fields(self)[:_NUM_PLAIN_FIELDS]}
+        return counts | {
             "num_rejects": self.num_rejects,
             "rejects": dict(self.rejects_by_reason),
             "duplicates_dropped": self.duplicates_dropped,
@@ -175,6 +166,9 @@ class SegmentSummary:
             lines.append(f"  {name + ':':<12}{path}")
         return "\n".join(lines)
 
+
+
+_NUM_PLAIN_FIELDS = [f.name for f in fields(SegmentSummary)].index("rejects_by_reason")  # input .. num_detections
 
 
 # ---------------------------------------------------------------- driver

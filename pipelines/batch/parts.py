@@ -51,7 +51,6 @@ def segment_schema(columns: dict[str, str] = SEGMENT_COLUMNS) -> pa.Schema:
     return columns_schema(columns)
 
 
-
 def _table_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
@@ -64,9 +63,9 @@ def part_file_name(keys: Iterable[str]) -> str:
     return f"part-{digest}.parquet"
 
 
-
 # ---------------------------------------------------------------- output folder
 def _manifest(inp: _Input, model_uri: str, sha256: str, score_threshold: float, mask_threshold: float, overlays: bool) -> dict:
+    """The ``_segment.json`` object: what the output folder holds (input, model, the options that change results)."""
     return {
         "version": MANIFEST_VERSION,
         "input": inp.resolved,
@@ -150,7 +149,6 @@ def _done_keys(fs: pafs.FileSystem, root: str, *, retry_rejects: bool) -> set[st
             if status == OK or not (retry_rejects or status in RETRIED_REASONS):
                 done.add(key)
     return done
-
 
 
 # ---------------------------------------------------------------- assembling the outputs

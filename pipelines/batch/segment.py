@@ -79,7 +79,6 @@ class SegmentInterrupted(RuntimeError):
     """Raised by the ``fail_after_parts`` test hook: the run stops as a crashed driver would."""
 
 
-
 # ---------------------------------------------------------------- summary
 @dataclass(frozen=True)
 class SegmentSummary:
@@ -167,7 +166,6 @@ class SegmentSummary:
         return "\n".join(lines)
 
 
-
 _NUM_PLAIN_FIELDS = [f.name for f in fields(SegmentSummary)].index("rejects_by_reason")  # input .. num_detections
 
 
@@ -199,7 +197,6 @@ def _default_workers(gpu: bool, cpus_per_worker: float) -> int:
             )
         return num_gpus
     return max(1, int(resources.get("CPU", 1) // cpus_per_worker))
-
 
 
 _log = StageLog("segment", prefix="segment: ")

@@ -12,7 +12,7 @@ import ray
 
 from mrcnn.evaluation import STAT_NAMES
 from pipelines.cli import main
-from pipelines.evaluate import evaluate
+from pipelines.batch.evaluate import evaluate
 from pipelines.preprocess import preprocess_dataset
 
 

@@ -45,12 +45,7 @@ def _distinct(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def flush_denormals():
-    """Random ResNets with frozen BN produce denormal floats, ~30x slower on a CPU."""
-    torch.set_flush_denormal(True)
-    yield
-    torch.set_flush_denormal(False)
+pytestmark = pytest.mark.usefixtures("flush_denormals")  # tests/mrcnn/conftest.py
 
 
 @pytest.fixture(scope="module")

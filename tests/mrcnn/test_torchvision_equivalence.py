@@ -46,12 +46,7 @@ BUILDERS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def flush_denormals():
-    """Randomly initialised ResNets with frozen BN produce denormal floats, which are ~30x slower on a CPU."""
-    torch.set_flush_denormal(True)
-    yield
-    torch.set_flush_denormal(False)
+pytestmark = pytest.mark.usefixtures("flush_denormals")  # tests/mrcnn/conftest.py
 
 
 @pytest.fixture(scope="module")

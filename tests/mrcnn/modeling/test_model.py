@@ -26,12 +26,7 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def flush_denormals():
-    """Randomly initialised ResNets with frozen BN produce denormal floats, which are ~30x slower on a CPU."""
-    torch.set_flush_denormal(True)
-    yield
-    torch.set_flush_denormal(False)
+pytestmark = pytest.mark.usefixtures("flush_denormals")  # tests/mrcnn/conftest.py
 
 
 def small_config(preset: str = "r18_fpn_small", **overrides) -> Config:

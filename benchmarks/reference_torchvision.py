@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--ours", action="store_true", help="train our r18_fpn_small preset instead")
     parser.add_argument("--override", default="{}", help="JSON overrides for our preset (with --ours)")
+    parser.add_argument("--warmup-iters", type=int, default=100,
+                        help="warm-up steps of either loop (default 100, the preset's); scale it with a short --iters")
     parser.add_argument("--log-every", type=int, default=0, help="print the loss to stderr every N steps (0: never)")
     args = parser.parse_args()
 
@@ -121,14 +123,14 @@ def main() -> None:
     )
     val = CocoInstanceDataset.from_files(args.data / "val" / "annotations.json", args.data / "val" / "images")
     if args.ours:
-        overrides = {"solver.batch_size": args.batch, **json.loads(args.override)}
+        overrides = {"solver.batch_size": args.batch, "solver.warmup_iters": args.warmup_iters, **json.loads(args.override)}
         cfg = get_preset("r18_fpn_small").replace(**overrides)
         model, solver = build_model(cfg), cfg.solver
     else:
         model = TorchvisionAdapter(torchvision_r18_fpn(len(train.categories) + 1, args.size))
         solver = SolverConfig(
             optimizer="adamw", base_lr=1e-3, reference_batch_size=8, batch_size=args.batch, weight_decay=1e-4,
-            warmup_iters=100, warmup_factor=0.001, steps=(0.8,), gamma=0.1, clip_grad_norm=None,
+            warmup_iters=args.warmup_iters, warmup_factor=0.001, steps=(0.8,), gamma=0.1, clip_grad_norm=None,
         )
     model = model.to(args.device, memory_format=torch.channels_last)
     loader = torch.utils.data.DataLoader(
@@ -147,7 +149,7 @@ def main() -> None:
         "model": "ours r18_fpn_small" if args.ours else "torchvision MaskRCNN r18-fpn",
         "override": json.loads(args.override) if args.ours else None,
         "seconds": round(state.elapsed_s, 1), "iterations": state.iteration, "device": args.device,
-        "batch": args.batch, "images_per_s": round(state.images_seen / state.elapsed_s, 2),
+        "batch": args.batch, "warmup_iters": args.warmup_iters, "images_per_s": round(state.images_seen / state.elapsed_s, 2),
         "segm_AP": round(metrics["segm"]["AP"], 1), "segm_AP50": round(metrics["segm"]["AP50"], 1),
         "bbox_AP": round(metrics["bbox"]["AP"], 1),
     }), flush=True)

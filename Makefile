@@ -12,13 +12,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned, so pip takes the local wheels instead of downloading a CUDA build.
 	$(PIP) install -q -c constraints.txt torch torchvision
-	$(PIP) install -q -c constraints.txt -e ".[ray,test]"
+	$(PIP) install -q -c constraints.txt -e ".[ray,test,export]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/mrcnn demo --workdir mrcnn-demo
+	$(VENV)/bin/mrcnn demo --out mrcnn-demo
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q

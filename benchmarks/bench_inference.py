@@ -10,9 +10,9 @@ head, as with trained weights. Every repetition runs every variant on every imag
 medians over the repetitions, summed over the images, with the min-max of those sums.
 
 Each group of variants runs in a process of its own (driven in turn by this one), because one
-setting is process-wide: the predictor makes glibc's malloc keep freed memory
-(`mrcnn.runtime.keep_freed_memory`), which would otherwise also speed up torchvision in the same
-process. So `torchvision` is torchvision as it runs out of the box, and `torchvision_kept_memory` is
+setting is process-wide: `mrcnn predict`, segment and serve make glibc's malloc keep freed memory
+(`mrcnn.runtime.keep_freed_memory`, applied by the application, not by the Predictor), which would
+otherwise also speed up torchvision in the same process. The `ours` group applies it as they do. So `torchvision` is torchvision as it runs out of the box, and `torchvision_kept_memory` is
 torchvision with the same malloc setting as the predictor (the comparison of the two implementations
 alone).
 
@@ -21,20 +21,21 @@ Variants (process in brackets):
   [D, 1, H, W] mask probabilities pasted into the image (its output stops there).
 - torchvision_no_grad [tv]: the same under `torch.no_grad()`.
 - torchvision_kept_memory [tv_kept]: torchvision with `keep_freed_memory()` applied to its process.
-- predictor [ours]: `Predictor.predict([image])` (the default: optimized model, freed memory kept):
-  detection records with RLE-encoded binary masks (more work than torchvision's output: thresholding, RLE).
+- predictor [ours]: `Predictor.predict([image])` as `mrcnn predict` runs it (freed memory kept,
+  `optimize={"winograd": True}`: BatchNorm folded, channels-last, Winograd 3x3s): detection records with
+  RLE-encoded binary masks (more work than torchvision's output: thresholding, RLE).
 - predictor_raw [ours]: `Predictor.predict_raw` (tensors, bool masks; no RLE).
-- predictor_no_winograd [ours]: the default predictor with oneDNN's direct 3x3 convolutions instead of
-  Winograd F(4x4, 3x3) (`optimize_for_inference(winograd=False)`).
-- predictor_default_malloc [ours_malloc]: the default predictor with glibc's default malloc
-  (`keep_freed_memory=False`).
+- predictor_no_winograd [ours]: the same with oneDNN's direct 3x3 convolutions instead of
+  Winograd F(4x4, 3x3) (the Predictor's default `optimize=True`).
+- predictor_default_malloc [ours_malloc]: `Predictor` with its defaults (`optimize=True`: BatchNorm folded,
+  channels-last, direct convolutions) and glibc's default malloc (the library alone).
 - predictor_plain [ours_malloc]: `Predictor(optimize=False)`: the model as loaded (no BatchNorm folding,
   NCHW, direct convolutions); only the exact fast paths (mask pasting, class NMS, label-only mask logits, threaded RoI
   pooling); glibc's default malloc.
 - predictor_fold [ours_malloc]: as predictor_plain plus BatchNorm folded into the convolutions (NCHW).
 
 `--stages` also prints where the time goes (backbone+FPN, RPN, box branch, mask branch, the rest:
-post-processing, pasting, RLE) for torchvision and the default predictor, from module hooks.
+post-processing, pasting, RLE) for torchvision and the `predictor` variant, from module hooks.
 
 The table also counts the minor page faults per call (memory the kernel maps in and zeroes).
 
@@ -64,7 +65,6 @@ from mrcnn.data.categories import CategoryMap
 from mrcnn.data.dataset import image_to_tensor
 from mrcnn.data.images import load_image
 from mrcnn.modeling import build_model
-from mrcnn.modeling.inference import optimize_for_inference
 from mrcnn.predictor import Predictor
 
 PHOTOS = sorted((ROOT / "tests" / "data" / "coco_mini" / "images").glob("*.jpg"))
@@ -92,20 +92,16 @@ def build_torchvision(size: int):
     ).eval()
 
 
-def build_predictor(tv, size: int, *, keep_freed_memory: bool, optimize: bool | dict = True) -> Predictor:
-    """Our R50-FPN predictor over torchvision's weights. ``optimize``: True for the default optimized copy,
-    False for the model as loaded, or ``optimize_for_inference`` keyword arguments for a partial rewrite."""
+def build_predictor(tv, size: int, *, optimize: bool | dict = True) -> Predictor:
+    """Our R50-FPN predictor over torchvision's weights. ``optimize``: as ``Predictor``'s: True for the default
+    optimized copy, False for the model as loaded, or ``optimize_for_inference`` keyword arguments."""
     cfg = get_preset("r50_fpn").replace(
         **{"model.input.min_size": [size], "model.input.max_size": int(size * 1333 / 800), "model.box_head.score_thresh": 0.0}
     )
     categories = CategoryMap.from_names([f"c{i}" for i in range(1, cfg.model.num_classes + 1)])
     model = build_model(cfg)
     model.load_state_dict(copy.deepcopy(tv.state_dict()))
-    predictor = Predictor(model, config=cfg, categories=categories, score_threshold=0.0, optimize=optimize is True,
-                          keep_freed_memory=keep_freed_memory)
-    if isinstance(optimize, dict):
-        optimize_for_inference(predictor.inference_model, **optimize)
-    return predictor
+    return Predictor(model, config=cfg, categories=categories, score_threshold=0.0, optimize=optimize)
 
 
 def build_group(group: str, size: int) -> tuple[dict, dict]:
@@ -120,23 +116,23 @@ def build_group(group: str, size: int) -> tuple[dict, dict]:
         with torch.no_grad():
             return tv([image_to_tensor(img)])[0]
 
+    if group in ("tv_kept", "ours"):  # this process's choice, as `mrcnn predict` makes it
+        assert runtime.keep_freed_memory(), "keep_freed_memory() does not apply here (not glibc, or disabled)"
     if group in ("tv", "tv_kept"):
-        if group == "tv_kept":
-            assert runtime.keep_freed_memory(), "keep_freed_memory() does not apply here (not glibc, or disabled)"
         runs = {"torchvision": run_tv, "torchvision_no_grad": run_tv_no_grad, "torchvision_kept_memory": run_tv}
         return runs, {"raw": run_tv, "model": tv}
     if group == "ours":
-        predictor = build_predictor(tv, size, keep_freed_memory=True)
-        direct = build_predictor(tv, size, keep_freed_memory=True, optimize={"winograd": False})
+        predictor = build_predictor(tv, size, optimize={"winograd": True})
+        direct = build_predictor(tv, size)
         runs = {
             "predictor": lambda img: predictor.predict([img]),
             "predictor_raw": lambda img: predictor.predict_raw([img])[0],
             "predictor_no_winograd": lambda img: direct.predict([img]),
         }
         return runs, {"raw": runs["predictor_raw"], "model": predictor.inference_model, "run": runs["predictor"]}
-    optimized = build_predictor(tv, size, keep_freed_memory=False)
-    plain = build_predictor(tv, size, keep_freed_memory=False, optimize=False)
-    fold = build_predictor(tv, size, keep_freed_memory=False, optimize={"channels_last": False, "winograd": False})
+    optimized = build_predictor(tv, size)
+    plain = build_predictor(tv, size, optimize=False)
+    fold = build_predictor(tv, size, optimize={"channels_last": False})
     runs = {
         "predictor_default_malloc": lambda img: optimized.predict([img]),
         "predictor_plain": lambda img: plain.predict([img]),

@@ -47,13 +47,15 @@ def plain_loop(
     seconds including the model load)."""
     import torch
 
+    from mrcnn import runtime
     from mrcnn.data.images import load_image
     from mrcnn.predictor import Predictor
     from mrcnn.records import coco_result
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    predictor = Predictor.from_checkpoint(checkpoint, score_threshold=score_threshold)
+    winograd = runtime.keep_freed_memory()  # as `mrcnn predict` does
+    predictor = Predictor.from_checkpoint(checkpoint, score_threshold=score_threshold, optimize={"winograd": winograd})
     results = []
     for first in range(0, len(images), batch_size):
         paths = images[first : first + batch_size]

@@ -1,6 +1,6 @@
 """Ray Job entrypoint for `mrcnn demo` (same flags): the laptop demo, end to end, on a cluster.
 
-    mrcnn submit demo --workdir /tmp/mrcnn-demo --minutes 8 --address http://127.0.0.1:8265 --follow
+    mrcnn submit demo --out /tmp/mrcnn-demo --minutes 8 --address http://127.0.0.1:8265 --follow
 """
 
 import sys

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +13,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mrcnn import runtime
 from mrcnn.checkpoint import Checkpoint, load_checkpoint
 from mrcnn.config import Config
 from mrcnn.data.categories import CategoryMap
 from mrcnn.data.dataset import image_to_tensor
 from mrcnn.data.images import load_image
 from mrcnn.data.masks import masks_to_rles
+from mrcnn.inference import optimize_for_inference
 from mrcnn.modeling import MaskRCNN
-from mrcnn.modeling.inference import optimize_for_inference
 from mrcnn.records import detection_record
 
 
@@ -86,15 +85,18 @@ class Predictor:
         score_threshold: detections below this class score are dropped (inside the model, before the mask head).
         mask_threshold: mask probability at which a pixel belongs to the instance.
         autocast_dtype: run under ``torch.autocast`` with this dtype (e.g. torch.bfloat16 on a GPU).
-        optimize: run a copy of the model rewritten for inference (``mrcnn.modeling.inference``: BatchNorm
-            folded into the convolutions, channels-last, Winograd 3x3s); same detections up to float rounding,
-            faster.
-            ``model`` itself is left as it is (it can still be saved or trained). Pass False to run
-            ``model`` exactly as given.
-        keep_freed_memory: on a CPU, make this process's malloc keep freed memory for reuse
-            (``mrcnn.runtime.keep_freed_memory``: process-wide; no page faults for the feature maps of each
-            pass, at the price of holding the peak heap). Off by passing False or setting the environment
-            variable ``MRCNN_KEEP_FREED_MEMORY=0``.
+        optimize: run a copy of the model rewritten for inference (``mrcnn.inference.optimize_for_inference``);
+            same detections up to float rounding, faster. True: BatchNorm folded into the convolutions and
+            channels-last. A mapping: ``optimize_for_inference``'s keyword arguments, e.g. ``{"winograd": True}``
+            to add the Winograd 3x3s, which pay off only where the application has made malloc keep freed
+            memory (``mrcnn.runtime.keep_freed_memory``; ``mrcnn predict``, segment and serve do both).
+            ``model`` itself is left as it is (it can still be saved or trained). False: run ``model``
+            exactly as given.
+
+    Raises:
+        ValueError: ``optimize`` names an option other than ``channels_last`` and ``winograd``.
+
+    The predictor changes nothing in the process (no malloc, thread or global settings).
     """
 
     def __init__(
@@ -108,15 +110,18 @@ class Predictor:
         mask_threshold: float = 0.5,
         autocast_dtype: torch.dtype | None = None,
         metadata: dict[str, Any] | None = None,
-        optimize: bool = True,
-        keep_freed_memory: bool = True,
+        optimize: bool | Mapping[str, bool] = True,
     ):
         self.device = torch.device(device)
-        if keep_freed_memory and self.device.type == "cpu":
-            runtime.keep_freed_memory()
         self.model = model.to(self.device).eval()
         # What predict runs: the model itself, or an optimized copy of it.
-        self.inference_model = optimize_for_inference(copy.deepcopy(self.model)) if optimize else self.model
+        self.inference_model = self.model
+        if optimize is not False:
+            options = {} if optimize is True else dict(optimize)
+            unknown = sorted(set(options) - {"channels_last", "winograd"})
+            if unknown:
+                raise ValueError(f"Predictor(optimize=...): unknown option(s) {unknown}; expected channels_last, winograd")
+            self.inference_model = optimize_for_inference(copy.deepcopy(self.model), **options)
         self.config = config
         self.categories = categories
         self.score_threshold = score_threshold
@@ -145,19 +150,20 @@ class Predictor:
     def predict_raw(self, images: Sequence[np.ndarray], *, score_threshold: float | None = None) -> list[dict[str, Tensor]]:
         """The model's detections for a batch of HxWx3 uint8 RGB images, on the CPU.
 
+        Args:
+            score_threshold: overrides the predictor's threshold for this call (scores above it are kept).
+
         Returns:
-            per image: ``boxes`` [D, 4] XYXY, ``labels`` [D], ``scores`` [D], ``masks`` [D, H, W] bool.
+            per image: ``boxes`` [D, 4] XYXY, ``labels`` [D], ``scores`` [D], ``masks`` [D, H, W] bool, and
+            for a keypoint model ``keypoints`` [D, K, 3] and ``keypoints_scores`` [D, K].
         """
-        roi_heads = self.inference_model.roi_heads
-        previous = roi_heads.score_thresh
-        roi_heads.score_thresh = self.score_threshold if score_threshold is None else score_threshold
-        try:
-            tensors = [image_to_tensor(img).to(self.device) for img in images]
-            with self._autocast():
-                # Masks come back thresholded where they were computed (bool, pasted box by box).
-                detections = self.inference_model(tensors, mask_threshold=self.mask_threshold).detections
-        finally:
-            roi_heads.score_thresh = previous
+        threshold = self.score_threshold if score_threshold is None else score_threshold
+        tensors = [image_to_tensor(img).to(self.device) for img in images]
+        with self._autocast():
+            # Masks come back thresholded where they were computed (bool, pasted box by box).
+            detections = self.inference_model(
+                tensors, mask_threshold=self.mask_threshold, score_threshold=threshold
+            ).detections
         return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in d.items()} for d in detections]
 
     def predict(
@@ -179,6 +185,49 @@ class Predictor:
             detections_to_records(d, self.categories, mask_threshold=self.mask_threshold, max_detections=max_detections)
             for d in raw
         ]
+
+    def predict_each(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        batch_size: int | None = None,
+        raw: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """``predict`` (or ``predict_raw`` with ``raw=True``) per image, where one bad image fails only itself.
+
+        The images run ``batch_size`` at a time (all at once by default). If a forward pass raises, its images
+        run again one at a time, and an image that fails alone gets its exception in its place.
+
+        Args:
+            images: HxWx3 uint8 RGB arrays (any sizes).
+            batch_size: images per forward pass; None for one pass over all of them.
+            raw: return ``predict_raw``'s tensor dicts instead of records.
+            **kwargs: passed on to ``predict`` or ``predict_raw`` (``score_threshold``, ``max_detections``).
+
+        Returns:
+            one entry per image, in order: its records (``predict``) or tensor dict (``predict_raw``), or the
+            ``Exception`` its image raised when run alone.
+        """
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        run = self.predict_raw if raw else self.predict
+        step = batch_size or max(1, len(images))
+        results: list[Any] = []
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            try:
+                results.extend(run(chunk, **kwargs))
+            except Exception as exc:  # noqa: BLE001 -- a model error on one image must not fail the others
+                if len(chunk) == 1:
+                    results.append(exc)
+                    continue
+                for image in chunk:  # find the image that breaks the model: only it fails
+                    try:
+                        results.extend(run([image], **kwargs))
+                    except Exception as single_exc:  # noqa: BLE001 -- that image's result
+                        results.append(single_exc)
+        return results
 
     def predict_files(self, paths: Sequence[str | os.PathLike], **kwargs: Any) -> list[list[dict[str, Any]]]:
         """``predict`` on image files (decoded with EXIF orientation, any mode -> RGB)."""

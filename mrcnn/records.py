@@ -1,4 +1,5 @@
-"""Record schemas defined once: the Parquet shard row and the detection record.
+"""Record schemas defined once: the Parquet shard row, the detection record, batch segmentation's output
+row and the COCO result, with the conversions between them.
 
 The target dict given to the model is built in ``mrcnn.data.dataset.build_target_from_columns``.
 """
@@ -91,6 +92,49 @@ def detection_record(
         record["keypoints"] = [float(v) for v in keypoints]
         record["keypoint_scores"] = [float(v) for v in (keypoint_scores or [])]
     return record
+
+
+def segment_columns(records: list[dict[str, Any]]) -> dict[str, list]:
+    """One image's detection records (best first) -> the list columns of its ``SEGMENT_COLUMNS`` row
+    (``labels`` .. ``keypoint_scores``; the inverse of ``row_to_records``)."""
+    return {
+        "labels": [d["label"] for d in records],
+        "category_ids": [d["category_id"] for d in records],
+        "category_names": [d["category_name"] for d in records],
+        "scores": [d["score"] for d in records],
+        "boxes": [d["box_xyxy"] for d in records],
+        "masks_rle": [None if d["segmentation"] is None else d["segmentation"]["counts"] for d in records],
+        "area": [d["area"] for d in records],
+        "keypoints": [d.get("keypoints") or [] for d in records],
+        "keypoint_scores": [d.get("keypoint_scores") or [] for d in records],
+    }
+
+
+def row_to_records(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A ``SEGMENT_COLUMNS`` row (``detections.parquet``, as a python dict) -> the image's detection records,
+    best first (the inverse of ``segment_columns``, given the row's ``height`` and ``width``).
+
+    The values come back exactly: scores and boxes are float32 in the model and in the file.
+    """
+    size = [row["height"], row["width"]]
+    none = [None] * len(row["labels"])
+    return [
+        detection_record(
+            label=label,
+            category_id=category_id,
+            category_name=name,
+            score=score,
+            box_xyxy=box,
+            segmentation=None if counts is None else {"size": size, "counts": counts},
+            area=area,
+            keypoints=points or None,  # [] (or null, in a part from before keypoints): a model without them
+            keypoint_scores=point_scores,
+        )
+        for label, category_id, name, score, box, counts, area, points, point_scores in zip(
+            row["labels"], row["category_ids"], row["category_names"], row["scores"], row["boxes"],
+            row["masks_rle"], row["area"], row.get("keypoints") or none, row.get("keypoint_scores") or none,
+        )
+    ]
 
 
 def coco_result(detection: dict[str, Any], *, image_id: int | None, file_name: str | None = None) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""Process-level settings for fast CPU inference.
+"""Process-level settings for fast CPU inference, for applications to apply.
+
+Nothing in the library calls ``keep_freed_memory``: it changes the whole process, so it is the
+application's explicit choice (``mrcnn predict``, batch segmentation's actors, the Serve replicas and
+the training workers apply it before building their model). Where it is applied, the Winograd rewrite
+pays off too: pass ``optimize={"winograd": True}`` to ``mrcnn.Predictor``.
 
 glibc's malloc gives every allocation above its mmap threshold (adaptive, 128 KiB to 32 MiB) a mapping of
 its own and unmaps it on free. A detector allocates and frees its feature maps (tens of MB each at

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import colorsys
+import io
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -65,6 +67,42 @@ def draw_detections(
         draw.rectangle([x1, label_top, x1 + (right - left) + 4, label_top + (bottom - top) + 2], fill=color)
         draw.text((x1 + 2, label_top), text, fill=(0, 0, 0))
     return np.asarray(out)
+
+
+def overlay_png(
+    image: np.ndarray,
+    detections: Sequence[dict[str, Any]],
+    *,
+    skeletons: Mapping[int, Sequence[Sequence[int]]] | None = None,
+) -> bytes:
+    """``draw_detections`` (default look) encoded as a PNG file's bytes.
+
+    Args:
+        image (np.ndarray[H, W, 3] uint8): RGB.
+        detections, skeletons: as ``draw_detections``.
+
+    Returns:
+        the PNG file, H x W RGB.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(draw_detections(image, detections, skeletons=skeletons)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_overlay(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    detections: Sequence[dict[str, Any]],
+    *,
+    skeletons: Mapping[int, Sequence[Sequence[int]]] | None = None,
+) -> None:
+    """``draw_detections`` (default look) written to the local file ``path``, in the format its suffix names
+    (``.png``, ``.jpg``, ...); the parent folder must exist.
+
+    Raises:
+        ValueError: the suffix names no image format PIL can write.
+    """
+    Image.fromarray(draw_detections(image, detections, skeletons=skeletons)).save(path)
 
 
 def _draw_keypoints(

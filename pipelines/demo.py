@@ -39,12 +39,11 @@ def run_demo(
     ``difficulty`` is the synthetic set's (a key of :data:`mrcnn.data.synthetic.DIFFICULTIES`); the
     summary records it as ``data``.
     """
-    from PIL import Image
 
     from mrcnn.data.images import load_image
     from mrcnn.data.synthetic import make_synthetic_coco
     from mrcnn.predictor import Predictor
-    from mrcnn.visualize import draw_detections
+    from mrcnn.visualize import save_overlay
     from pipelines.common import ray_session, write_atomic
     from pipelines.preprocess import preprocess_dataset
     from pipelines.tracking import (
@@ -96,7 +95,7 @@ def run_demo(
         for path in paths:
             image = load_image(path)
             detections = predictor.predict([image])[0]
-            Image.fromarray(draw_detections(image, detections)).save(overlay_dir / path.name)
+            save_overlay(overlay_dir / path.name, image, detections)
 
     summary = {
         "data": f"synthetic shapes, difficulty {difficulty}, {num_train} train / {num_val} val",

@@ -43,7 +43,6 @@ through the object store, so workers on other nodes need no access to it.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import time
@@ -61,7 +60,7 @@ import pyarrow.parquet as pq
 
 from pipelines.common.progress import StageLog
 from mrcnn.data.images import ImageDecodeError, decode_image
-from mrcnn.records import SEGMENT_COLUMNS, coco_result, detection_record
+from mrcnn.records import SEGMENT_COLUMNS, coco_result, row_to_records, segment_columns
 from pipelines.common.session import ray_session
 from pipelines.common.storage import (
     IMAGE_SUFFIXES,
@@ -245,47 +244,6 @@ def _load_model_bytes(model: str | os.PathLike, tracking_uri: str | None) -> byt
 
 
 # ---------------------------------------------------------------- the actor
-def _detections_columns(records: list[dict[str, Any]]) -> dict[str, list]:
-    """One image's detection records (best first) -> the list-column values of its row."""
-    return {
-        "labels": [d["label"] for d in records],
-        "category_ids": [d["category_id"] for d in records],
-        "category_names": [d["category_name"] for d in records],
-        "scores": [d["score"] for d in records],
-        "boxes": [d["box_xyxy"] for d in records],
-        "masks_rle": [None if d["segmentation"] is None else d["segmentation"]["counts"] for d in records],
-        "area": [d["area"] for d in records],
-        "keypoints": [d.get("keypoints") or [] for d in records],
-        "keypoint_scores": [d.get("keypoint_scores") or [] for d in records],
-    }
-
-
-def row_to_records(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """A ``detections.parquet`` row (as a python dict) -> the image's detection records, best first.
-
-    The values come back exactly: scores and boxes are float32 in the model and in the file.
-    """
-    size = [row["height"], row["width"]]
-    none = [None] * len(row["labels"])
-    return [
-        detection_record(
-            label=label,
-            category_id=category_id,
-            category_name=name,
-            score=score,
-            box_xyxy=box,
-            segmentation=None if counts is None else {"size": size, "counts": counts},
-            area=area,
-            keypoints=points or None,  # [] (or null, in a part from before keypoints): a model without them
-            keypoint_scores=point_scores,
-        )
-        for label, category_id, name, score, box, counts, area, points, point_scores in zip(
-            row["labels"], row["category_ids"], row["category_names"], row["scores"], row["boxes"],
-            row["masks_rle"], row["area"], row.get("keypoints") or none, row.get("keypoint_scores") or none,
-        )
-    ]
-
-
 def _source(row: dict[str, Any]) -> str:
     """An input row as messages name it."""
     return row["file_name"] if row["image_id"] is None else f"image {row['image_id']} ({row['file_name']})"
@@ -321,8 +279,12 @@ class SegmentWorker:
         import ray
         import torch
 
+        from mrcnn import runtime
         from mrcnn.predictor import Predictor
 
+        # The actor's process, the actor's choice (mrcnn.runtime): on a CPU malloc keeps freed memory, which
+        # is also what makes the Winograd 3x3s pay off.
+        winograd = torch.device(device).type == "cpu" and runtime.keep_freed_memory()
         if isinstance(checkpoint, ray.ObjectRef):
             checkpoint = ray.get(checkpoint)
         if num_threads is not None:
@@ -332,7 +294,8 @@ class SegmentWorker:
             with open(path, "wb") as handle:
                 handle.write(checkpoint)
             self.predictor = Predictor.from_checkpoint(
-                path, device=device, score_threshold=score_threshold, mask_threshold=mask_threshold
+                path, device=device, score_threshold=score_threshold, mask_threshold=mask_threshold,
+                optimize={"winograd": winograd},
             )
         self.batch_size = batch_size
         self.out_fs, self.out_root = resolve_path(out)
@@ -381,30 +344,11 @@ class SegmentWorker:
 
     def _predict(self, images: list[np.ndarray]) -> list[list[dict[str, Any]] | Exception]:
         """Records per image, ``batch_size`` at a time; a failing forward pass is retried one image at a time."""
-        results: list[list[dict[str, Any]] | Exception] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            try:
-                results.extend(self.predictor.predict(chunk))
-            except Exception as exc:  # noqa: BLE001 -- a model error on one image must not fail the batch
-                if len(chunk) == 1:
-                    results.append(exc)
-                    continue
-                for image in chunk:  # find the image that breaks the model: only it is rejected
-                    try:
-                        results.extend(self.predictor.predict([image]))
-                    except Exception as single_exc:  # noqa: BLE001 -- reported as that image's reject
-                        results.append(single_exc)
-        return results
+        return self.predictor.predict_each(images, batch_size=self.batch_size)
 
     def _write_overlay(self, name: str, image: np.ndarray, records: list[dict[str, Any]]) -> None:
-        from PIL import Image
+        from mrcnn.visualize import overlay_png
 
-        from mrcnn.visualize import draw_detections
-
-        buffer = io.BytesIO()
-        skeletons = self.predictor.categories.skeletons
-        Image.fromarray(draw_detections(image, records, skeletons=skeletons)).save(buffer, format="PNG")
         path = join_path(self.out_root, OVERLAYS_DIR, name)
         self.out_fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         write_atomic(path, buffer.getvalue(), fs=self.out_fs)
@@ -446,7 +390,7 @@ class SegmentWorker:
                 continue
             if self.overlays:
                 self._write_overlay(row["overlay"], pixels, records)
-            out_row.update(status=OK, **_detections_columns(records))
+            out_row.update(status=OK, **segment_columns(records))
         part = part_file_name(r["key"] for r in out_rows)
         table = pa.Table.from_pylist(out_rows, schema=self.schema)
         parts_dir = join_path(self.out_root, PARTS_DIR)

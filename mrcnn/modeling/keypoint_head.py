@@ -61,7 +61,7 @@ def keypoints_from_heatmaps(keypoint_logits: Tensor, boxes: list[Tensor]) -> tup
         scores: per image, Tensor[D_i, K]: the heatmap logit at each keypoint (higher = more confident).
     """
     keypoints, scores = [], []
-    for logits, image_boxes in zip(keypoint_logits.split([len(b) for b in boxes], dim=0), boxes):
+    for logits, image_boxes in zip(keypoint_logits.split([b.shape[0] for b in boxes], dim=0), boxes):
         xy, score = heatmaps_to_keypoints(logits, image_boxes)
         keypoints.append(xy)
         scores.append(score)

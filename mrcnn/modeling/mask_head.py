@@ -140,7 +140,7 @@ def mask_probs_for_labels(mask_logits: Tensor, labels: list[Tensor], *, loss_typ
     all_labels = torch.cat(labels)
     channel = all_labels if C > 1 else torch.zeros_like(all_labels)
     probs = probs[torch.arange(R, device=probs.device), channel][:, None]
-    return list(probs.split([len(l) for l in labels], dim=0))
+    return list(probs.split([l.shape[0] for l in labels], dim=0))
 
 
 def predict_mask_probs(predictor: nn.Module, mask_features: Tensor, labels: list[Tensor], *, loss_type: str = "sigmoid") -> list[Tensor]:
@@ -171,4 +171,4 @@ def predict_mask_probs(predictor: nn.Module, mask_features: Tensor, labels: list
     else:
         logits = torch.bmm(weight[:, None, :], x.reshape(R, C, M * M))  # [R, 1, M*M]
     logits = logits.view(R, 1, M, M) + logits_conv.bias[all_labels].view(R, 1, 1, 1)
-    return list(logits.sigmoid().split([len(l) for l in labels], dim=0))
+    return list(logits.sigmoid().split([l.shape[0] for l in labels], dim=0))

@@ -41,7 +41,7 @@ class MaskRCNN(nn.Module):
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
-        # Set by mrcnn.modeling.inference.optimize_for_inference: run the convolutions in NHWC.
+        # Set by mrcnn.inference.optimize_for_inference: run the convolutions in NHWC.
         self.channels_last = False
 
     def forward(
@@ -50,6 +50,7 @@ class MaskRCNN(nn.Module):
         targets: list[dict[str, Tensor]] | None = None,
         *,
         mask_threshold: float | None = None,
+        score_threshold: float | None = None,
     ) -> ModelOutput:
         """
         Args:
@@ -60,6 +61,8 @@ class MaskRCNN(nn.Module):
             mask_threshold: if given, detections carry binary masks, ``masks`` (Tensor[D, H, W] bool), equal to
                 thresholding the probabilities at this value but pasted without full-image float maps
                 (``mrcnn.modeling.paste``); the fast path of ``mrcnn.Predictor``.
+            score_threshold: class probability at or below which a detection is dropped (eval mode), for this
+                call only; default the RoI heads' ``score_thresh`` (the config's ``box_head.score_thresh``).
 
         Returns:
             ModelOutput(losses, detections); see its docstring.
@@ -68,7 +71,8 @@ class MaskRCNN(nn.Module):
             raise ValueError("MaskRCNN in train mode needs targets; call model.eval() to get detections only")
         if targets is not None:
             _check_targets(images, targets)
-        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        # Plain shape entries (ints in eager mode) so that a traced export keeps the sizes dynamic.
+        original_sizes = [(img.shape[-2], img.shape[-1]) for img in images]
         image_list, targets = self.transform(images, targets)
         batch = image_list.tensors
         if self.channels_last:
@@ -78,7 +82,9 @@ class MaskRCNN(nn.Module):
         if self.channels_last:
             # RoIAlign/RoIPool read NCHW: convert each level once rather than in every pooling call.
             features = {name: level.contiguous() for name, level in features.items()}
-        detections, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
+        detections, detector_losses = self.roi_heads(
+            features, proposals, image_list.image_sizes, targets, score_threshold=score_threshold
+        )
         if detections:
             detections = self._postprocess(detections, image_list.image_sizes, original_sizes, mask_threshold=mask_threshold)
         return ModelOutput(losses={**proposal_losses, **detector_losses}, detections=detections)

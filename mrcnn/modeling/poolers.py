@@ -12,18 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
-from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
+from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _onnx_merge_levels, _setup_scales
 
 _MIN_ROIS_PER_THREAD = 32
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _thread_pool() -> ThreadPoolExecutor:
-    """The threads that pool RoI chunks in parallel at inference (created on first use)."""
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="mrcnn-roi-pool")
-    return _POOL
 
 
 class MultiScaleRoIPooler(nn.Module):
@@ -60,6 +51,20 @@ class MultiScaleRoIPooler(nn.Module):
         self.aligned = aligned
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
+        self._threads: ThreadPoolExecutor | None = None  # this pooler's own, created on first parallel use
+
+    def __getstate__(self) -> dict:  # copies and pickles start without threads (they make their own)
+        state = super().__getstate__()
+        return {**state, "_threads": None}
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        """The threads that pool RoI chunks in parallel at inference (created on first use). They end when
+        the pooler is garbage-collected (the executor's workers exit once it is unreachable)."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(
+                max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="mrcnn-roi-pool"
+            )
+        return self._threads
 
     def _pool_level(self, features: Tensor, rois: Tensor, scale: float) -> Tensor:
         if self.mode == "roi_align":
@@ -97,6 +102,9 @@ class MultiScaleRoIPooler(nn.Module):
         for level, (features_in_level, scale) in enumerate(zip(features_per_level, scales)):
             idx_in_level = torch.where(levels == level)[0]
             jobs.append((idx_in_level, features_in_level, scale))
+        if torch.jit.is_tracing():
+            # Export: assigning by index would trace with the example's RoI counts; torchvision's scatter does not.
+            return _onnx_merge_levels(levels, [self._pool_level(f, rois[idx], s).to(ref.dtype) for idx, f, s in jobs])
         num_threads = torch.get_num_threads()
         if ref.device.type == "cpu" and num_threads > 1 and N >= _MIN_ROIS_PER_THREAD * 2 and not torch.is_grad_enabled():
             # torchvision's CPU kernels pool one RoI at a time on one core: split the RoIs over the
@@ -108,7 +116,7 @@ class MultiScaleRoIPooler(nn.Module):
                 if len(chunk)
             ]
             features_by_job = [features_in_level.contiguous() for _, features_in_level, _ in jobs]
-            pooled_by_job = _thread_pool().map(
+            pooled_by_job = self._thread_pool().map(
                 lambda job, feats: self._pool_level(feats, rois[job[0]], job[2]), jobs, features_by_job
             )
             for (idx, _, _), pooled in zip(jobs, pooled_by_job):

@@ -43,6 +43,8 @@ class RoIHeads(TorchvisionRoIHeads):
         box_regression: Tensor,
         proposals: list[Tensor],
         image_shapes: list[tuple[int, int]],
+        *,
+        score_threshold: float | None = None,
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """torchvision's detection post-processing, with the class-wise NMS run on the best candidates only.
 
@@ -58,12 +60,14 @@ class RoIHeads(TorchvisionRoIHeads):
             class_logits (Tensor[R, K + 1]): logits, not probabilities.
             box_regression (Tensor[R, (K + 1) * 4]): encoded per-class box deltas.
             proposals: per image, Tensor[R_i, 4] XYXY in resized pixels.
+            score_threshold: class probability at or below which a candidate is dropped; default ``score_thresh``.
 
         Returns:
             per image: boxes Tensor[D, 4] XYXY, scores Tensor[D], labels Tensor[D] int64; best first.
         """
+        score_threshold = self.score_thresh if score_threshold is None else score_threshold
         num_classes = class_logits.shape[-1]
-        boxes_per_image = [len(p) for p in proposals]
+        boxes_per_image = [p.shape[0] for p in proposals]  # shape, not len: dynamic in a traced export
         pred_boxes = self.box_coder.decode(box_regression, proposals).split(boxes_per_image, 0)
         pred_scores = F.softmax(class_logits, -1).split(boxes_per_image, 0)
         all_boxes, all_scores, all_labels = [], [], []
@@ -73,7 +77,7 @@ class RoIHeads(TorchvisionRoIHeads):
             boxes = boxes[:, 1:].reshape(-1, 4)  # [R * K, 4]: one candidate per proposal and class
             scores = scores[:, 1:].reshape(-1)
             labels = labels[:, 1:].reshape(-1)
-            inds = torch.where(scores > self.score_thresh)[0]
+            inds = torch.where(scores > score_threshold)[0]
             boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
             keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
@@ -116,6 +120,8 @@ class RoIHeads(TorchvisionRoIHeads):
         proposals: list[Tensor],
         image_shapes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]] | None = None,
+        *,
+        score_threshold: float | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         """
         Args:
@@ -124,6 +130,8 @@ class RoIHeads(TorchvisionRoIHeads):
             image_shapes: per image, (height, width) after resizing.
             targets: per image, ``boxes`` float [G, 4], ``labels`` int64 [G], ``masks`` uint8 [G, H, W],
                 and for a keypoint model ``keypoints`` float [G, K, 3] (x, y, v).
+            score_threshold: in eval mode, class probability at or below which a detection is dropped;
+                default ``score_thresh``.
 
         Returns:
             detections: in eval mode, per image ``boxes`` [D, 4], ``labels`` [D], ``scores`` [D],
@@ -163,7 +171,9 @@ class RoIHeads(TorchvisionRoIHeads):
         detections: list[dict[str, Tensor]] = []
         if not self.training:
             class_logits, box_regression = self._box_outputs(features, proposals, image_shapes)
-            boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+            boxes, scores, labels = self.postprocess_detections(
+                class_logits, box_regression, proposals, image_shapes, score_threshold=score_threshold
+            )
             detections = [{"boxes": b, "labels": l, "scores": s} for b, l, s in zip(boxes, labels, scores)]
             if self.has_mask():
                 mask_features = self.mask_head(self.mask_roi_pool(features, boxes, image_shapes))
@@ -185,6 +195,9 @@ def _class_nms_top(boxes: Tensor, scores: Tensor, labels: Tensor, *, iou_thresho
     Returns:
         Tensor[<= top] int64: indices into ``boxes``, by decreasing score.
     """
+    if torch.jit.is_tracing():
+        # ONNX/TorchScript export: no data-dependent loop; batched_nms over all candidates, the same result.
+        return box_ops.batched_nms(boxes, scores, labels, iou_threshold)[:top]
     order = scores.argsort(descending=True, stable=True)
     num = min(len(order), max(4 * top, 1))
     while True:

@@ -7,11 +7,14 @@
   (params from the config, per-step losses, COCO AP, artifacts, loss-curve PNG). A training run is
   identified by a *run key* (the Ray Train run name + storage path); starting again with the same key
   continues the same MLflow run.
-- :mod:`~pipelines.tracking.registry`: :func:`register_checkpoint`: a checkpoint file becomes a version
-  of a registered model; the alias ``best`` points at the version with the highest segm AP.
+- :mod:`~pipelines.tracking.registry`: :func:`register_checkpoint`: a checkpoint file becomes an MLflow
+  Model and a version of a registered model; the alias ``best`` points at the version with the highest segm AP.
+- :mod:`~pipelines.tracking.pyfunc`: that MLflow Model, a pyfunc flavor wrapping ``mrcnn.Predictor``
+  (importing it imports mlflow; it is not imported here).
 - :mod:`~pipelines.tracking.model_uri`: :func:`resolve_model_uri` / :func:`describe_model`:
   ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/path``, ``mlflow-artifacts:`` /
-  ``file:`` URIs and local paths to a local checkpoint file, for batch segmentation and Serve.
+  ``file:`` URIs and local paths to a local checkpoint file (the weights file of an MLflow Model), for
+  batch segmentation and Serve.
 
 Every function takes the tracking URI explicitly. mlflow is imported inside the functions, so importing
 this package costs nothing.

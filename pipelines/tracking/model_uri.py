@@ -1,5 +1,9 @@
 """Model URIs to local checkpoint files, for batch segmentation and Serve.
 
+A registered version is an MLflow Model (:mod:`pipelines.tracking.pyfunc`): its weights-only checkpoint
+file (``artifacts/model.ckpt``) is what resolves. A version registered before that (a run-artifact folder
+holding the raw training checkpoint) resolves to that checkpoint; both load with ``load_checkpoint``.
+
 ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` (or ``/latest``), ``runs:/RUN_ID/path``,
 ``mlflow-artifacts:`` / ``http(s):`` / ``s3:`` URIs, ``file:`` URIs and local paths: :func:`resolve_model_uri`
 gives the checkpoint file, :func:`describe_model` says what the URI points at without downloading.
@@ -22,6 +26,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
+MLMODEL_FILENAME = "MLmodel"  # the file that makes a folder an MLflow Model
 
 
 
@@ -74,11 +79,19 @@ def _parse_runs_uri(uri: str) -> tuple[str, str]:
 
 
 def _checkpoint_in(path: Path, uri: str) -> Path:
-    """``path`` if a file; the one checkpoint (or the one file) in it if a directory."""
+    """``path`` if a file; the weights-only checkpoint of an MLflow Model folder; else the one checkpoint
+    (or the one file) in a directory (a raw checkpoint registered before models were MLflow Models)."""
     if path.is_file():
         return path
     if not path.is_dir():
         raise ValueError(f"model URI {uri!r}: downloaded {path}, which is neither a file nor a directory")
+    if (path / MLMODEL_FILENAME).is_file():
+        from pipelines.tracking.pyfunc import weights_in_model_dir  # imports mlflow
+
+        try:
+            return weights_in_model_dir(path)
+        except ValueError as exc:
+            raise ValueError(f"model URI {uri!r}: {exc}") from None
     files = sorted(p for p in path.rglob("*") if p.is_file())
     checkpoints = [p for p in files if p.suffix in CHECKPOINT_SUFFIXES]
     if len(checkpoints) == 1:
@@ -137,7 +150,7 @@ def _local_path_of(uri: str) -> Path | None:
 def resolve_model_uri(
     uri: str | os.PathLike, *, tracking_uri: str | None = None, dst_dir: str | os.PathLike | None = None
 ) -> Path:
-    """A local checkpoint file for a model URI.
+    """A local checkpoint file for a model URI (the weights-only checkpoint inside an MLflow Model).
 
     Args:
         uri: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` (or ``/latest``), ``runs:/RUN_ID/path``,
@@ -148,7 +161,7 @@ def resolve_model_uri(
 
     Raises:
         ValueError: one line naming the URI and why: unknown model, no such alias or version, no such
-            run, missing file, or not exactly one checkpoint in the artifacts.
+            run, missing file, an MLflow Model without weights, or not exactly one checkpoint in the artifacts.
     """
     uri = str(uri)
     local = _local_path_of(uri)

@@ -93,3 +93,11 @@ def test_reference_torchvision_trains_and_evaluates(tmp_path):
     output = _run("reference_torchvision.py", "--data", str(tmp_path), "--iters", "2", "--batch", "2", "--size", "64")
     result = json.loads(output.strip().splitlines()[-1])
     assert "segm" in json.dumps(result)
+
+
+def test_bench_input_pipeline_reports_throughput_and_wait_fraction():
+    output = _run("bench_input_pipeline.py", "--repeat", "1", "--batch", "2", "--threads", "0", "2", "--step-ms", "5",
+                  "--augmentation", "flip")
+    result = json.loads(output.strip().splitlines()[-1])
+    assert [row[0] for row in result["throughput"]] == [0, 2]
+    assert set(result["wait_fraction"]) == {"0", "2"} and all(0 <= f <= 1 for f in result["wait_fraction"].values())

@@ -153,3 +153,38 @@ def test_from_checkpoint_and_predict_files(tmp_path, predictor):
     assert len(records) == 1 and len(records[0]) == 5
     assert all(r["segmentation"]["size"] == [640, 427] for r in records[0])
     assert records == predictor.predict([load_image(PHOTO)], max_detections=5)
+
+
+def test_default_predictor_is_optimized_without_winograd(predictor, images):
+    """``optimize=True``: BatchNorm folded and channels-last; Winograd only when asked for (it pays only where
+    the application keeps freed memory). A per-call threshold reaches the model as an argument."""
+    from mrcnn.inference import WinogradConv2d
+
+    model = predictor.inference_model
+    assert model is not predictor.model and model.channels_last
+    assert not any(isinstance(m, WinogradConv2d) for m in model.modules())
+    assert model.roi_heads.score_thresh == predictor.model.roi_heads.score_thresh
+    predictor.predict_raw(images[:1], score_threshold=0.9)
+    assert model.roi_heads.score_thresh == predictor.config.model.box_head.score_thresh
+    winograd = Predictor(predictor.model, config=predictor.config, categories=CATEGORIES, optimize={"winograd": True})
+    assert any(isinstance(m, WinogradConv2d) for m in winograd.inference_model.modules())
+    assert Predictor(predictor.model, config=predictor.config, categories=CATEGORIES, optimize=False).inference_model is predictor.model
+    with pytest.raises(ValueError, match="winograd"):
+        Predictor(predictor.model, config=predictor.config, categories=CATEGORIES, optimize={"wino": True})
+
+
+def test_predict_each_reruns_a_failing_batch_image_by_image(predictor, images):
+    """A 0 x 0 image breaks the forward pass: only its own entry is the error, the others are as ``predict``."""
+    bad = np.zeros((0, 0, 3), np.uint8)
+    with pytest.raises(Exception):  # noqa: B017 -- whatever the model raises
+        predictor.predict([images[0], bad])
+    results = predictor.predict_each([images[0], bad, images[1]], batch_size=2)
+    assert len(results) == 3 and isinstance(results[1], Exception)
+    # Re-run alone (a batch pads every image to its largest, so alone is what they are compared with).
+    assert [results[0], results[2]] == [predictor.predict([image])[0] for image in images]
+    assert predictor.predict_each(images) == predictor.predict(images)  # no failure: one batch, as predict
+    raw = predictor.predict_each([bad, images[1]], raw=True, score_threshold=0.5)
+    assert isinstance(raw[0], Exception) and set(raw[1]) >= {"boxes", "scores", "labels", "masks"}
+    assert bool((raw[1]["scores"] > 0.5).all())
+    with pytest.raises(ValueError, match="batch_size"):
+        predictor.predict_each(images, batch_size=0)

@@ -1,4 +1,5 @@
-"""`mrcnn.runtime.keep_freed_memory`: freed memory is reused instead of page-faulted in again.
+"""`mrcnn.runtime.keep_freed_memory`: freed memory is reused instead of page-faulted in again; the
+application applies it (`mrcnn predict`), the library (`Predictor`) does not.
 
 Each case runs in a fresh process: the setting is process-wide and cannot be undone.
 """
@@ -13,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import PHOTO
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +50,7 @@ from mrcnn.data.categories import CategoryMap
 from mrcnn.modeling import build_model
 from mrcnn.predictor import Predictor
 cfg = get_preset("r18_fpn_small")
-Predictor(build_model(cfg), config=cfg, categories=CategoryMap.from_names(["a", "b", "c"]){kwargs})
+Predictor(build_model(cfg), config=cfg, categories=CategoryMap.from_names(["a", "b", "c"]))
 result = None
 """
 
@@ -76,6 +79,28 @@ def test_environment_variable_turns_it_off():
     assert out["after"] > out["before"] / 2
 
 
-def test_the_cpu_predictor_applies_it_unless_told_not_to():
-    assert _run(PREDICTOR.format(kwargs=""))["kept"] is True
-    assert _run(PREDICTOR.format(kwargs=", keep_freed_memory=False"))["kept"] is False
+def test_the_predictor_leaves_malloc_as_it_was():
+    """The library changes nothing in the process: a predictor built with its defaults keeps glibc's malloc."""
+    out = _run(PREDICTOR)
+    assert out["kept"] is False
+    assert out["before"] > 100_000
+    assert out["after"] > out["before"] / 2  # still a fresh mmap (and its page faults) per allocation
+
+
+def test_mrcnn_predict_applies_it(small_checkpoint, tmp_path):
+    """`mrcnn predict` on a CPU: the command makes malloc keep freed memory, and runs the Winograd model."""
+    call = (
+        "from mrcnn.inference import WinogradConv2d\n"
+        "from pipelines.cli import _load_predictor, main\n"
+        f"code = main(['predict', {str(PHOTO)!r}, '--weights', {str(small_checkpoint)!r}, "
+        f"'--out', {str(tmp_path / 'out.json')!r}])\n"
+        f"model = _load_predictor({str(small_checkpoint)!r}, None, 'cpu', None).inference_model\n"
+        "result = [code, any(isinstance(m, WinogradConv2d) for m in model.modules())]"
+    )
+    out = _run(call)
+    assert out["result"] == [0, True] and out["kept"] is True
+    assert out["after"] < out["before"] / 10
+    assert (tmp_path / "out.json").exists()
+    off = _run(call, MRCNN_KEEP_FREED_MEMORY="0")  # the switch still turns it off, and Winograd with it
+    assert off["result"] == [0, False] and off["kept"] is False
+    assert off["after"] > off["before"] / 2

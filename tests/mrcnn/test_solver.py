@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mrcnn.config import SolverConfig, get_preset
-from mrcnn.engine import NonFiniteLossError, fit, train_step
+from mrcnn.engine import HookBase, NonFiniteLossError, fit, train_step
 from mrcnn.modeling import ModelOutput, build_model
 from mrcnn.solver import build_optimizer, lr_factor, set_lr
 
@@ -140,9 +140,9 @@ def test_fit_follows_the_schedule_and_calls_hooks():
     opt = build_optimizer(model, solver)
     seen = []
 
-    class Hook:
-        def after_step(self, state, losses):
-            seen.append((state.iteration, losses["loss"]))
+    class Hook(HookBase):
+        def after_step(self):
+            seen.append((self.trainer.state.iteration, self.trainer.losses["loss"]))
 
     loader = [([torch.zeros(3, 4, 4)], [{}])]
     state = fit(model, loader, opt, solver, hooks=[Hook()])

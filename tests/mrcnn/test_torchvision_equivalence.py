@@ -16,7 +16,7 @@ from mrcnn.checkpoint import load_checkpoint
 from mrcnn.data.images import load_image
 from mrcnn.predictor import Predictor
 from mrcnn.records import DETECTION_FIELDS
-from tests.mrcnn.modeling.inference_checks import assert_same_detections_up_to_rounding
+from tests.mrcnn.inference.inference_checks import assert_same_detections_up_to_rounding
 
 PHOTO = Path(__file__).resolve().parents[1] / "data" / "photos" / "000000000072.jpg"
 

@@ -56,7 +56,7 @@ def test_synth_predict_and_eval_on_the_command_line(tmp_path, small_keypoint_che
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
 

@@ -75,15 +75,18 @@ def test_submit_preprocess_and_train_through_the_jobs_api(cluster, server, tmp_p
         "preset": "r18_fpn_small", "overrides": LIGHT, "data": f"file://{shards}", "workers": 2, "batch_size": 2,
         "epochs": 2, "cpus_per_worker": 1, "checkpoint_every": 4, "eval_every": 8, "num_val_overlays": 0,
         "storage_path": str(tmp_path / "ray_results"), "name": "submitted", "placement_strategy": "SPREAD",
-        "experiment": "submit-test", "model_name": "submit-test", "debug_dump_dir": str(dump),
-        "debug_dump_params": False,
+        "experiment": "submit-test", "model_name": "submit-test",
     }))  # fmt: skip
+    dump_hook = json.dumps([{"factory": "tests.pipelines.train_hooks:DumpSeenImages", "kwargs": {"out_dir": str(dump)}}])
     done = mrcnn("submit", "train", "--config", str(run_config), "--address", cluster.dashboard_url, "--follow",
-                 "--env", "GLOO_SOCKET_IFNAME=lo", env=env)  # fmt: skip
+                 "--env", "GLOO_SOCKET_IFNAME=lo", "--env", f"MRCNN_TRAIN_HOOKS={dump_hook}", env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     outcome = last_json(done.stdout)
     assert outcome["status"] == "SUCCEEDED"
-    train_summary = next(json.loads(line) for line in reversed(done.stdout.splitlines()) if line.startswith('{"iteration"'))
+    # The driver disconnects from Ray before printing its summary; Ray Data's progress bars then leave
+    # cursor movements (ESC [ A) at the start of the summary's line.
+    lines = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line) for line in done.stdout.splitlines()]
+    train_summary = next(json.loads(line) for line in reversed(lines) if line.startswith('{"iteration"'))
     assert train_summary["iteration"] == 8  # 2 epochs x 16 images / (2 workers x 2 images)
 
     # Sharding: both ranks on different nodes; in each epoch every training image exactly once.

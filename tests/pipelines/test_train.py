@@ -7,6 +7,7 @@ Real services only: a 2-node Ray cluster on this machine (ray.cluster_utils.Clus
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from mrcnn.data.synthetic import make_synthetic_coco
 from pipelines.preprocess import preprocess_dataset
 from pipelines.train import TrainRunConfig, train
 from tests.pipelines.mlflow_server import mlflow_server
+from tests.pipelines.train_hooks import FailOnce
 
 # A light model so that a few steps take seconds: the small preset with narrower heads.
 LIGHT = {
@@ -34,7 +36,7 @@ def shards(tmp_path_factory) -> Path:
     out = root / "shards"
     import ray as _ray
 
-    _ray.init(num_cpus=2, include_dashboard=False)
+    _ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         preprocess_dataset(root / "synth", out)
     finally:
@@ -86,8 +88,10 @@ def test_ddp_on_two_nodes_keeps_ranks_in_sync_and_tracks_to_mlflow(shards, tmp_p
     from mlflow.tracking import MlflowClient
 
     dump = tmp_path / "dump"
-    run = _run(shards, tmp_path, placement_strategy="SPREAD", debug_dump_dir=str(dump), tracking_uri=server.tracking_uri)
-    result = train(run)
+    run = _run(shards, tmp_path, placement_strategy="SPREAD", tracking_uri=server.tracking_uri)
+    dumps = [{"factory": f"tests.pipelines.train_hooks:{name}", "kwargs": {"out_dir": str(dump)}}
+             for name in ("DumpSeenImages", "DumpParameters")]  # fmt: skip
+    result = train(run, extra_hooks=dumps)
 
     # Workers ran on two different nodes.
     nodes = {(dump / f"node_rank{r}.txt").read_text() for r in (0, 1)}
@@ -123,11 +127,12 @@ def test_ddp_on_two_nodes_keeps_ranks_in_sync_and_tracks_to_mlflow(shards, tmp_p
 def test_killed_worker_resumes_from_latest_checkpoint_in_the_same_mlflow_run(shards, tmp_path, server):
     from mlflow.tracking import MlflowClient
 
-    ray.init(num_cpus=3, include_dashboard=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False)
     try:
-        run = _run(shards, tmp_path, max_iters=6, eval_every=0, fail_at_iteration=3, name="fault",
-                   tracking_uri=server.tracking_uri, experiment="tests-fault")
-        result = train(run)
+        run = _run(shards, tmp_path, max_iters=6, eval_every=0, name="fault", tracking_uri=server.tracking_uri,
+                   experiment="tests-fault")
+        marker = Path(run.storage_path) / run.name / ".injected_failure"
+        result = train(run, extra_hooks=[FailOnce(3, str(marker))])
     finally:
         ray.shutdown()
 
@@ -144,7 +149,7 @@ def test_killed_worker_resumes_from_latest_checkpoint_in_the_same_mlflow_run(sha
 
 
 def test_relaunch_with_same_name_resumes(shards, tmp_path):
-    ray.init(num_cpus=3, include_dashboard=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False)
     try:
         first = train(_run(shards, tmp_path, max_iters=2, eval_every=0, name="again"))
         second = train(_run(shards, tmp_path, max_iters=4, eval_every=0, name="again"))
@@ -152,3 +157,62 @@ def test_relaunch_with_same_name_resumes(shards, tmp_path):
         ray.shutdown()
     assert first.iteration == 2
     assert second.iteration == 4
+
+
+def test_a_checkpoint_of_the_untyped_loop_state_still_resumes(tmp_path):
+    """Checkpoints written before the loop state was a dataclass (its ``best_segm_ap`` key held the selection
+    metric) load into RunState: weights, optimizer, counters, the MLflow run and the best AP."""
+    from ray.train import Checkpoint
+
+    from mrcnn.checkpoint import save_checkpoint
+    from mrcnn.config import get_preset
+    from mrcnn.data.categories import Category, CategoryMap
+    from mrcnn.modeling import build_model
+    from mrcnn.solver import build_optimizer
+    from pipelines.train.hooks import RunState
+    from pipelines.train.worker import _resume
+
+    torch.manual_seed(0)
+    cfg = get_preset("r18_fpn_small").replace(**LIGHT)
+    model = build_model(cfg)
+    optimizer = build_optimizer(model, cfg.solver)
+    optimizer.param_groups[0]["lr"] = 0.0123
+    old_loop_state = {"iteration": 6, "elapsed_s": 12.5, "images_seen": 24, "best_segm_ap": 17.25, "mlflow_run_id": "0123abcd",
+                      "attempt": 1, "reports": 3, "epoch": 2,
+                      "history": [{"iteration": 6, "lr": 0.01, "images_per_s": 3.0, "loss": 1.5, "loss_mask": 0.5}]}  # fmt: skip
+    categories = CategoryMap(categories=tuple(Category(id=i, name=f"c{i}") for i in range(1, cfg.model.num_classes + 1)))
+    save_checkpoint(tmp_path / "model.ckpt", model=model, config=cfg, categories=categories,
+                    metadata={"iteration": 6, "segm_AP": 17.25, "keypoints_AP": None, "run": "x/old"},
+                    training_state={"optimizer": optimizer.state_dict(), "scaler": None,
+                                    "loop_state": json.dumps(old_loop_state)})  # fmt: skip
+
+    fresh = build_model(cfg)
+    fresh_optimizer = build_optimizer(fresh, cfg.solver)
+    state = RunState(best_metric_name="segm_AP")
+    _resume(Checkpoint.from_directory(str(tmp_path)), fresh, fresh_optimizer, None, state)
+    assert (state.iteration, state.epoch, state.images_seen, state.elapsed_s) == (6, 2, 24, 12.5)
+    assert (state.best_metric, state.best_metric_name) == (17.25, "segm_AP")
+    assert (state.mlflow_run_id, state.reports, state.attempt) == ("0123abcd", 3, 2)  # one more attempt
+    assert state.history == old_loop_state["history"]
+    assert fresh_optimizer.param_groups[0]["lr"] == 0.0123
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_hook_specs_are_checked_before_launch(tmp_path, monkeypatch):
+    from pipelines.train.driver import HOOKS_ENV, _env_hooks
+    from pipelines.train.hooks import build_hooks, check_hook_specs
+
+    dump = {"factory": "tests.pipelines.train_hooks:DumpParameters", "kwargs": {"out_dir": str(tmp_path)}}
+    hooks = build_hooks(check_hook_specs([dump, FailOnce(3, str(tmp_path / "m"))]))
+    assert [type(h).__name__ for h in hooks] == ["DumpParameters", "FailOnce"] and hooks[0].out_dir == tmp_path
+    for bad in ("no_colon", {"factory": "m:f", "args": []}, 3):
+        with pytest.raises(ValueError, match="train hook"):
+            check_hook_specs([bad])
+    with pytest.raises(TypeError, match="expected a HookBase"):
+        build_hooks(check_hook_specs(["collections:OrderedDict"]))
+    monkeypatch.setenv(HOOKS_ENV, '["tests.pipelines.train_hooks:DumpSeenImages"]')
+    assert _env_hooks() == ["tests.pipelines.train_hooks:DumpSeenImages"]
+    monkeypatch.setenv(HOOKS_ENV, "{not json")
+    with pytest.raises(ValueError, match="MRCNN_TRAIN_HOOKS: not JSON"):
+        _env_hooks()

@@ -13,7 +13,7 @@ import yaml
 
 import pipelines.train
 from pipelines.cli import main
-from pipelines.train import TrainResult, TrainRunConfig, _load_backbone_weights
+from pipelines.train import TrainResult, TrainRunConfig, load_backbone_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 COCO_TRAIN2017_IMAGES = 118287
@@ -76,7 +76,7 @@ def test_backbone_weights_load_an_imagenet_resnet_state_dict(tmp_path):
     state = resnet.state_dict()
     torch.save(state, tmp_path / "resnet18.pth")
     model = build_model(get_preset("r18_fpn_small"))
-    _load_backbone_weights(model, str(tmp_path / "resnet18.pth"))
+    load_backbone_weights(model, str(tmp_path / "resnet18.pth"))
     loaded = model.backbone.body.state_dict()
     for key, value in loaded.items():
         torch.testing.assert_close(value, state[key], rtol=0, atol=0, msg=key)
@@ -84,9 +84,9 @@ def test_backbone_weights_load_an_imagenet_resnet_state_dict(tmp_path):
 
     torch.save({"conv1.weight": state["conv1.weight"]}, tmp_path / "partial.pth")
     with pytest.raises(ValueError, match="not a state dict of this ResNet"):
-        _load_backbone_weights(model, str(tmp_path / "partial.pth"))
+        load_backbone_weights(model, str(tmp_path / "partial.pth"))
     (tmp_path / "text.pth").write_text("not torch")
     with pytest.raises(ValueError, match="not a torch state dict"):
-        _load_backbone_weights(model, str(tmp_path / "text.pth"))
+        load_backbone_weights(model, str(tmp_path / "text.pth"))
     with pytest.raises(FileNotFoundError, match="no such file"):
-        _load_backbone_weights(model, str(tmp_path / "missing.pth"))
+        load_backbone_weights(model, str(tmp_path / "missing.pth"))

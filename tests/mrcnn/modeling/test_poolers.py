@@ -199,3 +199,32 @@ def test_roi_pool_is_blind_to_sub_cell_shifts_that_roi_align_sees(feature_map, s
         expected = roi_align_reference(feature_map[0].numpy(), r, output_size=3, scale=scale, aligned=True)
         np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-12)
     assert not torch.allclose(pooled[0], aligned[0])  # and the two layers differ on a fractional RoI
+
+
+def test_threaded_pooling_uses_the_poolers_own_threads():
+    """At inference on the CPU the RoIs are split over threads that belong to the pooler (none at import,
+    none shared, none copied), with the same numbers as the one-thread path."""
+    import copy
+    import pickle
+
+    generator = torch.Generator().manual_seed(0)
+    features = {str(i): torch.randn(1, 4, 64 // 2**i, 64 // 2**i, generator=generator) for i in range(4)}
+    xy = torch.rand(200, 2, generator=generator) * 200
+    boxes = [torch.cat([xy, xy + torch.rand(200, 2, generator=generator) * 150 + 1], dim=1)]
+    pooler = MultiScaleRoIPooler(featmap_names=["0", "1", "2", "3"], output_size=7)
+    other = MultiScaleRoIPooler(featmap_names=["0", "1", "2", "3"], output_size=7)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            threaded = pooler(features, boxes, [(256, 256)])
+        sequential = pooler(features, boxes, [(256, 256)])  # gradients enabled: one thread
+        assert pooler._threads is not None and other._threads is None
+        for twin in (copy.deepcopy(pooler), pickle.loads(pickle.dumps(pooler))):
+            assert twin._threads is None
+            with torch.no_grad():
+                torch.testing.assert_close(twin(features, boxes, [(256, 256)]), threaded, rtol=0, atol=0)
+            assert twin._threads is not None and twin._threads is not pooler._threads
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(threaded, sequential, rtol=0, atol=0)

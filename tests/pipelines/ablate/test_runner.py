@@ -68,7 +68,7 @@ def test_ablate_end_to_end_with_child_runs_and_a_failing_variant(tmp_path, serve
     monkeypatch.setitem(pipelines.ablate.VARIANTS, "broken", broken)
     out = tmp_path / "ablate"
     overrides = [f"--set={k}={v}" for k, v in LIGHT.items()]
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         code = main(["ablate", "--out", str(out), "--train", "4", "--val", "2", "--size", "64", "--steps-per-variant", "2",
                      "--workers", "1", "--batch-size", "2", "--tracking-uri", server.tracking_uri, "--max-failures", "0",

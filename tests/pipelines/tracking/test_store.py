@@ -34,8 +34,10 @@ def test_embedded_default_keeps_store_and_artifacts_in_the_workdir(tmp_path, mon
     assert (workdir / "mlflow.db").is_file()
     run = fresh_client(uri).get_run(tracker.run_id)
     assert run.info.artifact_uri.startswith((workdir / "mlartifacts").resolve().as_uri())
-    stored = list((workdir / "mlartifacts").rglob("best.ckpt"))
-    assert len(stored) == 1 and stored[0].read_bytes() == checkpoints[30.0].read_bytes()
+    # The registered MLflow Model (weights only) is stored in the workdir; the checkpoint file is not uploaded.
+    stored = list((workdir / "mlartifacts").rglob("MLmodel"))
+    assert len(stored) == 1 and (stored[0].parent / "artifacts" / "model.ckpt").is_file()
+    assert not list((workdir / "mlartifacts").rglob("best.ckpt"))
     resolved = resolve_model_uri("models:/embedded-model@best", tracking_uri=uri, dst_dir=tmp_path / "dl")
     assert load_checkpoint(resolved).metadata["segm_AP"] == 30.0
     assert result.alias_moved and describe_model("models:/embedded-model@best", tracking_uri=uri)["version"] == "1"

@@ -13,6 +13,11 @@ fewer multiplications is what is left (benchmarks/RESULTS.md).
 Results differ from the direct convolution by float rounding only: about 5e-6 of the output's range
 against 2e-6 for oneDNN's direct convolution (float64 as the reference). ``tests/mrcnn/modeling/test_winograd.py``
 checks the error against a float64 convolution, and the predictor tests check the detections.
+
+Its large temporaries pay off only where malloc reuses freed memory (``mrcnn.runtime.keep_freed_memory``,
+the application's choice): with glibc's default every pass page-faults them in, and the predictor measured
+4.07 s per photo against 3.11 s direct. So nothing here checks the process: whoever rewrites a model with
+``use_winograd`` (``optimize_for_inference(winograd=True)``) decides that it pays.
 """
 
 from __future__ import annotations
@@ -21,8 +26,6 @@ import functools
 
 import torch
 from torch import Tensor, nn
-
-from mrcnn import runtime
 
 # F(4x4, 3x3): input transform B^T (6x6), filter transform G (6x3), output transform A^T (4x6), built by
 # Toom-Cook on the points 0, 1, -1, 1/2, -2 and infinity. The usual points (0, +-1, +-2) give 3x the
@@ -80,12 +83,12 @@ class WinogradConv2d(nn.Module):
     """Drop-in replacement for an eligible ``nn.Conv2d`` at inference (same output up to rounding).
 
     It computes on the CPU without autograd or autocast, for inputs of at least ``min_tiles`` output
-    tiles, in a process that keeps freed memory (``mrcnn.runtime``); otherwise (a GPU, gradients needed,
-    reduced precision, a small input, glibc's default malloc) it runs the original convolution, whose
-    weights it keeps. Input and output follow the input's memory format.
+    tiles; otherwise (a GPU, gradients needed, reduced precision, a small input) it runs the original
+    convolution, whose weights it keeps. Input and output follow the input's memory format. It reads no
+    process state: replacing a convolution by it is the decision to use it (see the module docstring).
     """
 
-    def __init__(self, conv: nn.Conv2d, *, tile: int = 4, min_tiles: int = MIN_TILES, always: bool = False):
+    def __init__(self, conv: nn.Conv2d, *, tile: int = 4, min_tiles: int = MIN_TILES):
         super().__init__()
         if not winograd_eligible(conv):
             raise ValueError(f"not a 3x3 stride-1 padding-1 convolution: {conv}")
@@ -94,10 +97,6 @@ class WinogradConv2d(nn.Module):
         self.conv = conv
         self.tile, self.alpha = tile, tile + 2  # output and input tile sides
         self.min_tiles = min_tiles  # fewer output tiles than this: the direct convolution
-        # Its large temporaries pay off only when malloc reuses memory (mrcnn.runtime.keep_freed_memory): with
-        # glibc's default every pass page-faults them in, and the predictor measured 4.07 s per photo against
-        # 3.11 s direct. ``always`` skips that check (tests).
-        self.always = always
         bt, g, at = _TRANSFORMS[tile]
         weight = conv.weight.detach().to(torch.float64)  # [Co, Ci, 3, 3]
         out_channels, in_channels = weight.shape[:2]
@@ -139,7 +138,6 @@ class WinogradConv2d(nn.Module):
             or torch.is_autocast_enabled("cpu")
             or x.dtype != self.u.dtype
             or n * th * tw < self.min_tiles
-            or not (self.always or runtime.freed_memory_kept())
         ):
             return self.conv(x)
         hp, wp = t * th + 2, t * tw + 2

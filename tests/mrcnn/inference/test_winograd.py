@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mrcnn import runtime
-from mrcnn.modeling.winograd import WinogradConv2d, winograd_eligible
+from mrcnn.inference.winograd import WinogradConv2d, winograd_eligible
 
 
 def winograd_reference(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -34,7 +35,7 @@ def test_matches_the_direct_convolution(shape, out_channels, channels_last, bias
     if channels_last:
         conv = conv.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    wino = WinogradConv2d(conv, tile=tile, min_tiles=0, always=True)
+    wino = WinogradConv2d(conv, tile=tile, min_tiles=0)
     with torch.inference_mode():
         out, direct = wino(x), conv(x)
     reference = winograd_reference(conv, x)
@@ -59,11 +60,26 @@ def test_falls_back_under_autocast_and_on_small_inputs():
     conv = nn.Conv2d(4, 4, 3, padding=1).eval()
     x = torch.randn(1, 4, 8, 8)
     with torch.inference_mode():
-        assert torch.equal(WinogradConv2d(conv, min_tiles=5, always=True)(x), conv(x))  # 4 tiles
+        assert torch.equal(WinogradConv2d(conv, min_tiles=5)(x), conv(x))  # 4 tiles
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert torch.equal(WinogradConv2d(conv, min_tiles=0, always=True)(x), conv(x))
-        if not runtime.freed_memory_kept():  # glibc's default malloc: the direct convolution
             assert torch.equal(WinogradConv2d(conv, min_tiles=0)(x), conv(x))
+    if torch.cuda.is_available():  # a GPU input: the direct convolution
+        gpu = copy.deepcopy(conv).cuda()
+        with torch.inference_mode():
+            assert torch.equal(WinogradConv2d(gpu, min_tiles=0)(x.cuda()), gpu(x.cuda()))
+
+
+def test_reads_no_process_state(monkeypatch):
+    """The kernel is chosen by the module's own arguments: the same output whatever the malloc setting says."""
+    from mrcnn import runtime
+
+    conv = nn.Conv2d(8, 8, 3, padding=1).eval()
+    x = torch.randn(1, 8, 12, 12)
+    with torch.inference_mode():
+        before = WinogradConv2d(conv, min_tiles=0)(x)
+        monkeypatch.setattr(runtime, "_applied", not runtime.freed_memory_kept())
+        after = WinogradConv2d(conv, min_tiles=0)(x)
+    assert torch.equal(before, after) and not torch.equal(before, conv(x))
 
 
 def test_eligibility():

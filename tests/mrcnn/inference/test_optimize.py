@@ -1,8 +1,8 @@
 """The fast inference path against the reference computations it replaces.
 
 Each fast path is checked on its own (pasting, class-wise NMS, label-only mask logits, threaded RoI
-pooling, BatchNorm folding, the RLE of column-major masks) and end to end: the default Predictor
-against torchvision's own Mask R-CNN with the same random weights, on the bundled real photos.
+pooling, BatchNorm folding, the RLE of column-major masks) and end to end: the fully optimized
+Predictor (Winograd included) against torchvision's own Mask R-CNN with the same random weights, on the bundled real photos.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from mrcnn.data.categories import CategoryMap
 from mrcnn.data.dataset import image_to_tensor
 from mrcnn.data.images import load_image
 from mrcnn.data.masks import masks_to_rles
+from mrcnn.inference import WinogradConv2d, fold_batchnorm, optimize_for_inference
 from mrcnn.modeling import build_model
-from mrcnn.modeling.inference import fold_batchnorm, optimize_for_inference
 from mrcnn.modeling.mask_head import (
     build_mask_head,
     mask_probs_for_labels,
@@ -33,10 +33,9 @@ from mrcnn.modeling.mask_head import (
 from mrcnn.modeling.paste import paste_masks_binary
 from mrcnn.modeling.poolers import MultiScaleRoIPooler
 from mrcnn.modeling.roi_heads import _class_nms_top
-from mrcnn.modeling.winograd import WinogradConv2d
 from mrcnn.predictor import Predictor
 from tests.conftest import COCO_MINI_IMAGES, PHOTO
-from tests.mrcnn.modeling.inference_checks import assert_same_detections_up_to_rounding
+from tests.mrcnn.inference.inference_checks import assert_same_detections_up_to_rounding
 
 SIZE, MAX_SIZE = 320, 533  # small inputs keep the R50 runs to seconds
 
@@ -160,8 +159,10 @@ def test_fold_batchnorm_refuses_a_training_batchnorm():
 
 
 def test_optimize_for_inference_folds_every_resnet50_norm():
+    plain = optimize_for_inference(build_model(get_preset("r50_fpn")))  # Winograd only when asked for
+    assert plain.channels_last and not any(isinstance(m, WinogradConv2d) for m in plain.modules())
     model = build_model(get_preset("r50_fpn"))
-    optimize_for_inference(model)
+    optimize_for_inference(model, winograd=True)
     assert model.channels_last and not model.training
     assert not any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in model.backbone.modules())
     # Winograd for the 3x3 convolutions of the FPN outputs (4), the RPN head (1) and the mask head (4).
@@ -197,7 +198,7 @@ def test_optimized_predictor_matches_torchvision_on_real_photos(arch, photos):
     model = build_model(cfg)
     model.load_state_dict(theirs.state_dict())
     categories = CategoryMap.from_names([f"c{i}" for i in range(1, cfg.model.num_classes + 1)])
-    predictor = Predictor(model, config=cfg, categories=categories, score_threshold=0.0)
+    predictor = Predictor(model, config=cfg, categories=categories, score_threshold=0.0, optimize={"winograd": True})
     assert predictor.inference_model is not predictor.model and predictor.inference_model.channels_last
     assert any(isinstance(m, WinogradConv2d) for m in predictor.inference_model.modules())
     with torch.inference_mode():

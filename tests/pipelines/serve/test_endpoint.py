@@ -22,26 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 from pycocotools import mask as coco_mask
 
 from mrcnn.data.images import decode_image
 from mrcnn.data.masks import rle_to_mask, segmentation_to_rle
-from pipelines.serve import (
-    ApiError,
-    ServeConfig,
-    bearer_token_ok,
-    build_app,
-    check_content_type,
-    deployment_options,
-    parse_segment_query,
-)
 from tests.conftest import PHOTO
 from tests.pipelines.mlflow_server import free_port
 from tests.pipelines.serve_endpoint import Reply, request, serve_endpoint
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parents[3]
 TOKEN = "test-token-7f3a"
 MODEL_NAME = "serve-test"
 SEGM_AP = 12.5
@@ -137,86 +127,6 @@ def _segment(endpoint, data: bytes, content_type: str = "image/png", query: str 
 def _ok(reply: Reply) -> dict:
     assert reply.status == 200, (reply.status, reply.body[:500])
     return reply.json()
-
-
-# ---------------------------------------------------------------- without Serve
-
-
-def test_import_loads_no_model_torch_or_mlflow():
-    code = "import sys, pipelines.serve; bad = {'torch', 'mlflow'} & set(sys.modules); assert not bad, bad"
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=PROJECT)
-
-
-def test_config_from_builder_args_and_deployment_options():
-    config = ServeConfig.from_dict({"model": "m.ckpt", "replicas": "3", "gpu": "true", "max_batch_size": "4",
-                                    "batch_wait_timeout_s": "0.01", "token": "none"})  # fmt: skip
-    assert (config.replicas, config.gpu, config.max_batch_size, config.token) == (3, True, 4, None)
-    options = deployment_options(config)
-    assert options["num_replicas"] == 3 and "autoscaling_config" not in options
-    assert options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1}
-    assert options["max_queued_requests"] == 64
-    assert options["backpressure_config"] == {"status_code": 503, "retry_after_s": 1.0}
-
-    scaled = deployment_options(ServeConfig.from_dict({"model": "m.ckpt", "autoscale": "0:5"}))
-    assert "num_replicas" not in scaled
-    assert scaled["autoscaling_config"]["min_replicas"] == 0 and scaled["autoscaling_config"]["max_replicas"] == 5
-    assert scaled["autoscaling_config"]["target_ongoing_requests"] == 8.0
-    assert ServeConfig.from_dict(ServeConfig(model="m", autoscale=(1, 2)).to_dict()).autoscale == (1, 2)
-
-    for bad, match in [
-        ({"model": "m", "replicas": "two"}, "replicas: expected int"),
-        ({"model": "m", "replicas": 0}, "replicas: expected a positive integer"),
-        ({"model": "m", "max_batch_size": 32}, "max_ongoing_requests .* must be >= max_batch_size"),
-        ({"model": "m", "autoscale": "4:2"}, "autoscale"),
-        ({"model": "m", "modle": "x"}, r"unknown key\(s\) \['modle'\]"),
-        ({"model": ""}, "model"),
-        ({"model": "m", "score_threshold": 1.5}, "score_threshold"),
-    ]:
-        with pytest.raises(ValueError, match=match):
-            ServeConfig.from_dict(bad)
-
-
-def test_serve_config_yaml_is_valid_and_builds(small_checkpoint):
-    from ray.serve.deployment import Application
-    from ray.serve.schema import ServeDeploySchema
-
-    data = yaml.safe_load((PROJECT / "serve_config.yaml").read_text())
-    schema = ServeDeploySchema.model_validate(data)
-    (app,) = schema.applications
-    assert app.import_path == "pipelines.serve:build_app"
-    assert schema.http_options.host == "127.0.0.1"
-    args = {**app.args, "model": str(small_checkpoint)}
-    config = ServeConfig.from_dict(args)
-    assert config.autoscale == (1, 4) and config.max_batch_size == 8
-    assert isinstance(build_app(args), Application)
-
-
-def test_query_parsing():
-    assert parse_segment_query({}, default_threshold=0.5) == parse_segment_query([], default_threshold=0.5)
-    query = parse_segment_query([("score_threshold", "0.25"), ("max_detections", "3"), ("mask_format", "polygon"),
-                                 ("overlay", "true")], default_threshold=0.5)  # fmt: skip
-    assert (query.score_threshold, query.max_detections, query.mask_format, query.overlay) == (0.25, 3, "polygon", True)
-    bad = [("score_threshold", "-0.1"), ("score_threshold", "nan"), ("score_threshold", "inf"), ("score_threshold", ""),
-           ("max_detections", "-1"), ("max_detections", "1.5"), ("max_detections", "99999999"), ("mask_format", "png"),
-           ("overlay", "maybe"), ("colour", "red")]  # fmt: skip
-    for key, value in bad:
-        with pytest.raises(ApiError) as info:
-            parse_segment_query([(key, value)], default_threshold=0.5)
-        assert info.value.status == 422, (key, value)
-    with pytest.raises(ApiError, match="more than once"):
-        parse_segment_query([("overlay", "1"), ("overlay", "0")], default_threshold=0.5)
-
-
-def test_content_type_and_token_checks():
-    assert check_content_type("image/jpeg") == check_content_type(None) == check_content_type("application/octet-stream") == "raw"
-    assert check_content_type("multipart/form-data; boundary=x") == "multipart"
-    for content_type in ("text/plain", "application/json", "application/x-www-form-urlencoded"):
-        with pytest.raises(ApiError) as info:
-            check_content_type(content_type)
-        assert info.value.status == 415
-    basic = base64.b64encode(b"anyone:s3cret").decode()
-    assert bearer_token_ok("Bearer s3cret", "s3cret") and bearer_token_ok(f"Basic {basic}", "s3cret")
-    assert not any(bearer_token_ok(header, "s3cret") for header in (None, "", "Bearer", "Bearer s3cre", "Token s3cret", "Basic !!!"))
 
 
 # ---------------------------------------------------------------- the endpoint

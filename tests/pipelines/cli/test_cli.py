@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -31,7 +32,8 @@ def test_synth_writes_deterministic_coco(tmp_path):
 
 
 def test_predict_then_eval_round_trip(tmp_path, small_checkpoint, synth_dataset):
-    """predict writes COCO results that eval reads back; eval --weights gives the same numbers."""
+    """predict writes COCO results that eval reads back; eval --model gives the same numbers (predict's
+--weights is the older name of --model)."""
     val = synth_dataset / "val"
     out = tmp_path / "pred.json"
     overlays = tmp_path / "overlays"
@@ -57,7 +59,7 @@ def test_predict_then_eval_round_trip(tmp_path, small_checkpoint, synth_dataset)
         assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"} <= set(metrics[iou_type])
 
     direct = run_cli(
-        "eval", "--weights", str(small_checkpoint), "--annotations", str(val / "annotations.json"),
+        "eval", "--model", str(small_checkpoint), "--annotations", str(val / "annotations.json"),
         "--images", str(val / "images"), "--score-threshold", "0.05", "--json",
     )
     assert direct.returncode == 0, direct.stderr
@@ -94,12 +96,12 @@ def test_eval_table_output(tmp_path):
 @pytest.mark.parametrize(
     "make_args, expected",
     [
-        (lambda t, c: ["predict", str(t / "missing.jpg"), "--weights", str(c), "--out", str(t / "o.json")], "missing.jpg"),
-        (lambda t, c: ["predict", str(t / "text.jpg"), "--weights", str(c), "--out", str(t / "o.json")], "text.jpg"),
-        (lambda t, c: ["predict", str(PHOTO), "--weights", str(t / "nope.ckpt"), "--out", str(t / "o.json")], "no such file"),
-        (lambda t, c: ["predict", str(PHOTO), "--weights", str(t / "text.jpg"), "--out", str(t / "o.json")], "not a readable checkpoint"),
-        (lambda t, c: ["predict", str(PHOTO), "--weights", str(t / "sd.pt"), "--arch", "r9000", "--out", str(t / "o.json")], "unknown preset"),
-        (lambda t, c: ["predict", str(PHOTO), "--weights", str(c), "--score-threshold", "2", "--out", str(t / "o.json")], "--score-threshold"),
+        (lambda t, c: ["predict", str(t / "missing.jpg"), "--model", str(c), "--out", str(t / "o.json")], "missing.jpg"),
+        (lambda t, c: ["predict", str(t / "text.jpg"), "--model", str(c), "--out", str(t / "o.json")], "text.jpg"),
+        (lambda t, c: ["predict", str(PHOTO), "--model", str(t / "nope.ckpt"), "--out", str(t / "o.json")], "no such file"),
+        (lambda t, c: ["predict", str(PHOTO), "--model", str(t / "text.jpg"), "--out", str(t / "o.json")], "not a readable checkpoint"),
+        (lambda t, c: ["predict", str(PHOTO), "--model", str(t / "sd.pt"), "--arch", "r9000", "--out", str(t / "o.json")], "unknown preset"),
+        (lambda t, c: ["predict", str(PHOTO), "--model", str(c), "--score-threshold", "2", "--out", str(t / "o.json")], "--score-threshold"),
         (lambda t, c: ["eval", "--gt", str(COCO_MINI_JSON), "--predictions", str(t / "text.jpg")], "not valid json"),
         (lambda t, c: ["eval", "--gt", str(t / "none.json"), "--predictions", str(t / "text.jpg")], "no such file"),
         (lambda t, c: ["eval", "--gt", str(COCO_MINI_JSON)], "--predictions"),
@@ -149,3 +151,57 @@ def test_help_lists_every_verb():
     assert result.returncode == 0
     for verb in ("synth", "predict", "eval", "demo"):
         assert verb in result.stdout
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so progress bars draw."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_predict_and_eval_show_a_progress_bar_over_the_images(tmp_path, small_checkpoint, synth_dataset, monkeypatch):
+    val = synth_dataset / "val"
+    num_images = len(list((val / "images").iterdir()))
+    for verb, argv in (
+        ("predict", ["predict", str(val / "images"), "--model", str(small_checkpoint), "--out", str(tmp_path / "p.json")]),
+        ("eval", ["eval", "--model", str(small_checkpoint), "--annotations", str(val / "annotations.json"),
+                  "--images", str(val / "images"), "--json"]),
+    ):  # fmt: skip
+        terminal = _Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        assert main(argv) == 0
+        monkeypatch.undo()
+        shown = terminal.getvalue()
+        assert f"{verb} images" in shown and f"{num_images}/{num_images}" in shown, shown
+    # Not a terminal (a log, a pipe): no bar, only the per-image lines.
+    result = run_cli("predict", str(val / "images"), "--model", str(small_checkpoint), "--out", str(tmp_path / "q.json"))
+    assert result.returncode == 0 and "predict images" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.endswith(" instances")]) == num_images
+
+
+def test_eval_and_evaluate_say_how_they_differ():
+    top = run_cli("--help").stdout
+    assert "eval in this process" in " ".join(top.split()) and "evaluate distributed on Ray Data" in " ".join(top.split())
+    eval_help = " ".join(run_cli("eval", "--help").stdout.split())
+    evaluate_help = " ".join(run_cli("evaluate", "--help").stdout.split())
+    assert "in this process" in eval_help and "`mrcnn evaluate`" in eval_help
+    assert "distributed on Ray Data" in evaluate_help and "metrics.json" in evaluate_help and "`mrcnn eval`" in evaluate_help
+
+
+def test_one_vocabulary_old_names_kept():
+    """--out names output folders (demo's --workdir is its older name); --model names the model (--weights on
+    predict and eval is its older name). The parsed value keeps its name, so code reading args is unchanged."""
+    from pipelines.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["demo", "--out", "d1"]).workdir == "d1"
+    assert parser.parse_args(["demo", "--workdir", "d2"]).workdir == "d2"
+    assert parser.parse_args(["demo"]).workdir == "mrcnn-demo"
+    for old, new in (("--weights", "--model"),):
+        predict = [parser.parse_args(["predict", "x.jpg", flag, "m.ckpt", "--out", "o.json"]) for flag in (old, new)]
+        assert [a.model for a in predict] == ["m.ckpt", "m.ckpt"]
+        assert [parser.parse_args(["eval", flag, "m.ckpt"]).model for flag in (old, new)] == ["m.ckpt", "m.ckpt"]
+    for verb, extra in (("segment", ["--model", "m", "--input", "i", "--out", "o"]), ("evaluate", ["--model", "m", "--out", "o"]),
+                        ("ablate", []), ("predict", ["x.jpg", "--model", "m"])):  # fmt: skip
+        assert parser.parse_args([verb, *extra, "--out", "elsewhere"]).out == "elsewhere"

@@ -1,9 +1,10 @@
-"""Preparing a model for fast inference: BatchNorm folded into the convolutions, NHWC convolutions.
+"""Preparing a model for fast inference: BatchNorm folded into the convolutions, NHWC convolutions, and
+(when asked for) Winograd 3x3 convolutions.
 
-Both are rewrites of the same function, not approximations: folding moves a frozen (or eval-mode)
+All are rewrites of the same function, not approximations: folding moves a frozen (or eval-mode)
 BatchNorm's affine map into the preceding convolution's weight and bias, and channels-last changes only
 the memory layout the convolutions run in. Outputs change by float rounding only
-(tests/mrcnn/modeling/test_inference.py compares detections with the unmodified model's).
+(tests/mrcnn/inference/test_optimize.py compares detections with the unmodified model's).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from mrcnn.modeling.mask_rcnn import MaskRCNN
-from mrcnn.modeling.winograd import use_winograd
+from mrcnn.inference.winograd import use_winograd
 
 # Containers whose children run in registration order where a conv is directly followed by its norm.
 _SEQUENTIAL_CONTAINERS = (nn.Sequential, Bottleneck, BasicBlock, ResNet, nn.ModuleDict)
@@ -61,9 +62,18 @@ def fold_batchnorm(module: nn.Module) -> int:
     return folded
 
 
-def optimize_for_inference(model: MaskRCNN, *, channels_last: bool = True, winograd: bool = True) -> MaskRCNN:
+def optimize_for_inference(model: MaskRCNN, *, channels_last: bool = True, winograd: bool = False) -> MaskRCNN:
     """Rewrite ``model`` in place for inference: BatchNorm folded, convolutions in NHWC (channels-last),
-    the wide 3x3 convolutions as Winograd F(4x4, 3x3) on the CPU (``mrcnn.modeling.winograd``).
+    and with ``winograd=True`` the wide 3x3 convolutions as Winograd F(4x4, 3x3) on the CPU
+    (``mrcnn.inference.winograd``).
+
+    Args:
+        model: the network; put in eval mode here.
+        channels_last: run the backbone, RPN and mask head convolutions in NHWC.
+        winograd: replace the FPN, RPN and mask head 3x3 convolutions by ``WinogradConv2d``. Pass True only
+            where malloc keeps freed memory (``mrcnn.runtime.keep_freed_memory`` applied by the application):
+            with glibc's default malloc the Winograd temporaries page-fault in on every pass and it is slower
+            than the direct convolution (benchmarks/RESULTS.md).
 
     Measured on the 2-core CPU (benchmarks/bench_inference.py, notes in benchmarks/RESULTS.md): the
     backbone with FPN ran 1.4x faster folded and in NHWC than as loaded. The model is put in eval mode;

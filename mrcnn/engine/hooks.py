@@ -1,0 +1,181 @@
+"""Hooks around the training step (detectron2's ``engine/hooks.py``): each one owns one concern.
+
+A hook is registered on a :class:`~mrcnn.engine.trainer.Trainer` (which sets ``hook.trainer``) and
+overrides the calls it needs. Hooks run in the order they were registered, so an evaluation hook goes
+before the hooks that read its results (best-model selection, checkpointing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from mrcnn.config import SolverConfig
+from mrcnn.solver import lr_factor, set_lr
+
+if TYPE_CHECKING:
+    from mrcnn.engine.trainer import Trainer
+
+EvalResults = dict[str, dict[str, Any]]
+
+
+class HookBase:
+    """Does nothing at every point of the loop; subclasses override what they need.
+
+    ``before_train`` / ``after_train``: once, around the loop (``after_train`` only when the loop
+    finished). ``before_step`` / ``after_step``: around every ``run_step``; ``trainer.state.iteration``
+    counts the step in ``after_step``. ``on_failure``: the loop raised ``exc`` (it is re-raised after
+    every hook's ``on_failure``).
+    """
+
+    trainer: Trainer
+
+    def before_train(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+    def before_step(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+    def on_failure(self, exc: BaseException) -> None:
+        pass
+
+
+class LRSchedule(HookBase):
+    """Sets the learning rate before every step: warm-up, then step decay at fractions of the budget
+    (:func:`mrcnn.solver.lr_factor` of the trainer's progress); records it in ``state.lr``."""
+
+    def __init__(self, solver: SolverConfig):
+        self.solver = solver
+
+    def before_step(self) -> None:
+        state = self.trainer.state
+        factor = lr_factor(self.solver, iteration=state.iteration, progress=self.trainer.progress())
+        state.lr = set_lr(self.trainer.optimizer, factor)
+
+
+class PeriodicEvaluation(HookBase):
+    """Evaluates every ``period`` steps (not at the last one) and once after training.
+
+    Args:
+        evaluate: returns ``{iou_type: {"AP": ..., ...}}`` (``evaluate_model``'s output) for the current
+            weights; it leaves the model in train mode.
+        period: steps between evaluations (0: only after training).
+
+    The result goes to ``trainer.eval_results`` with ``trainer.eval_iteration`` = the step it belongs to.
+    """
+
+    def __init__(self, evaluate: Callable[[], EvalResults], period: int):
+        self.evaluate = evaluate
+        self.period = period
+
+    def after_step(self) -> None:
+        iteration = self.trainer.state.iteration
+        if self.period and iteration % self.period == 0 and self.trainer.progress() < 1.0:
+            self._run()
+
+    def after_train(self) -> None:
+        self._run()
+
+    def _run(self) -> None:
+        self.trainer.eval_results = self.evaluate()
+        self.trainer.eval_iteration = self.trainer.state.iteration
+
+
+def fresh_eval(trainer: Trainer) -> EvalResults | None:
+    """The evaluation of the current step, or None when none ran at this step."""
+    return trainer.eval_results if trainer.eval_iteration == trainer.state.iteration else None
+
+
+class BestModel(HookBase):
+    """Follows the best value of one evaluation statistic in ``state.best_metric``.
+
+    Args:
+        metric: ``<iou_type>_<statistic>``, e.g. ``segm_AP``, ``keypoints_AP`` or ``bbox_AP``; higher is better.
+
+    After each evaluation ``improved`` says whether it set a new best (a strictly higher value);
+    hooks after this one (checkpointing, registration) read it.
+    """
+
+    def __init__(self, metric: str):
+        iou_type, sep, statistic = metric.partition("_")
+        if not sep or not statistic:
+            raise ValueError(f"BestModel: metric {metric!r}: expected <iou_type>_<statistic>, e.g. segm_AP")
+        self.metric = metric
+        self._key = (iou_type, statistic)
+        self.improved = False
+
+    def before_train(self) -> None:
+        self.trainer.state.best_metric_name = self.metric
+
+    def after_step(self) -> None:
+        self._select()
+
+    def after_train(self) -> None:
+        self._select()
+
+    def _select(self) -> None:
+        results = fresh_eval(self.trainer)
+        iou_type, statistic = self._key
+        value = (results or {}).get(iou_type, {}).get(statistic)
+        state = self.trainer.state
+        self.improved = value is not None and float(value) > state.best_metric
+        if self.improved:
+            state.best_metric = float(value)
+
+
+class Checkpointer(HookBase):
+    """Calls ``save(trainer)`` every ``period`` steps (not at the last one) and once after training."""
+
+    def __init__(self, save: Callable[[Trainer], None], period: int):
+        self.save = save
+        self.period = period
+
+    def after_step(self) -> None:
+        if self.period and self.trainer.state.iteration % self.period == 0 and self.trainer.progress() < 1.0:
+            self.save(self.trainer)
+
+    def after_train(self) -> None:
+        self.save(self.trainer)
+
+
+class MetricLogger(HookBase):
+    """Writes every step's record and prints a progress line at the first step and every ``period``.
+
+    Args:
+        write: receives ``({"train/<name>": value}, step)`` for every step's record (``lr``,
+            ``images_per_s``, ``step_s`` and ``data_wait_s`` in seconds, ``loss`` and each ``loss_*``);
+            None: print only.
+        period: steps between progress lines (0: none).
+        prefix: starts every line.
+        print_fn: where lines go (default ``print`` with flush).
+    """
+
+    def __init__(
+        self,
+        write: Callable[[Mapping[str, float], int], None] | None = None,
+        *,
+        period: int = 25,
+        prefix: str = "[train]",
+        print_fn: Callable[[str], None] | None = None,
+    ):
+        self.write = write
+        self.period = period
+        self.prefix = prefix
+        self.print_fn = print_fn or (lambda line: print(line, flush=True))
+
+    def after_step(self) -> None:
+        state, record = self.trainer.state, self.trainer.record
+        if self.write is not None:
+            self.write({f"train/{k}": v for k, v in record.items() if k != "iteration"}, state.iteration)
+        if self.period and (state.iteration == 1 or state.iteration % self.period == 0):
+            rate = state.images_seen / max(state.elapsed_s, 1e-6)
+            self.print_fn(f"{self.prefix} iteration {state.iteration}  epoch {state.epoch}  loss {record['loss']:.3f}  "
+                          f"lr {record['lr']:.2e}  {rate:.1f} img/s  step {record['step_s']:.2f} s  "
+                          f"data {record['data_wait_s']:.2f} s  {state.elapsed_s:.0f} s")  # fmt: skip
+

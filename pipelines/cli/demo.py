@@ -1,0 +1,33 @@
+"""``mrcnn demo``: end to end on the embedded default (data, train, evaluate, segment) in one folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipelines.cli.options import add_cluster_options
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="end to end on the embedded default: data, train, evaluate, segment")
+    # --out as every verb names its output folder; --workdir is the older name. args.workdir either way.
+    p.add_argument("--out", "--workdir", dest="workdir", default="mrcnn-demo", metavar="DIR",
+                   help="everything goes under this folder (default mrcnn-demo)")  # fmt: skip
+    p.add_argument("--minutes", type=float, default=8.0, help="training budget in minutes")
+    p.add_argument("--train", type=int, default=400, help="synthetic training images")
+    p.add_argument("--val", type=int, default=100, help="synthetic validation images")
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
+    add_cluster_options(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_demo
+
+    summary = run_demo(
+        workdir=args.workdir, minutes=args.minutes, seed=args.seed, num_train=args.train, num_val=args.val,
+        workers=args.workers, ray_address=args.address,
+    )  # fmt: skip
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,98 @@
+"""The run config of ``mrcnn train`` (``configs/*.yaml``, ``jobs/configs/train.yaml``, the CLI flags)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_FILE = "model.ckpt"
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    """Run-level settings of ``mrcnn train`` (the YAML run config; model settings are in ``model``).
+
+    model: a preset name plus dotted-key overrides of its config, e.g.
+        ``{"preset": "r18_fpn_small", "overrides": {"model.box_head.pooler": "roi_pool"}}``.
+    batch_size: images per worker per step; the learning rate follows the linear scaling rule for
+        ``batch_size * workers`` against the preset's reference batch.
+    max_iters / epochs / minutes: the budget; the schedule's decay points are fractions of it. ``epochs``
+        (passes over the training shards) becomes ``max_iters = ceil(epochs * train images / total batch)``,
+        so a total batch other than the preset's keeps the same number of images seen (the linear scaling
+        rule: the learning rate follows the batch, the iterations its inverse).
+    accelerator_type: GPU workers only on nodes with this accelerator (Ray's ``accelerator_type:H200``
+        resource; an autoscaling cluster starts such nodes), e.g. ``H200`` or ``A10G``.
+    backbone_weights: an ImageNet ResNet state dict (torchvision's ``resnet50-*.pth``; path or s3:// URI)
+        loaded into ``backbone.body`` before the first step, as the paper's training starts.
+    model_name: the registered model that the best checkpoint becomes a version of; "best" by the selection
+        metric: keypoint AP for a keypoint model, else segm AP (bbox AP without a mask branch). Empty:
+        register nothing (the checkpoints stay in ``storage_path``).
+    parent_run_id: nest this run's MLflow run under that run (``mrcnn ablate``'s variants are child runs).
+    eval_every: evaluate on the val shards (rank 0) at the checkpoints whose iteration is a multiple of
+        it, and after training; 0: never.
+    """
+
+    data: str = ""
+    preset: str = "r18_fpn_small"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.0
+    gpus_per_worker: float = 1.0
+    accelerator_type: str = ""
+    amp: str = "none"
+    batch_size: int = 4
+    max_iters: int = 0
+    epochs: float = 0.0
+    minutes: float = 0.0
+    eval_every: int = 0
+    checkpoint_every: int = 50
+    eval_max_images: int = 0
+    storage_path: str = ""
+    name: str = "mrcnn-train"
+    max_failures: int = 2
+    tracking_uri: str = ""
+    experiment: str = "mrcnn"
+    model_name: str = "mrcnn"
+    parent_run_id: str = ""
+    seed: int = 0
+    num_val_overlays: int = 4
+    placement_strategy: str = "PACK"
+    backbone_weights: str = ""
+
+    def validate(self) -> TrainRunConfig:
+        if not self.data:
+            raise ValueError("train: 'data' (the preprocessed shards folder) is required")
+        if self.workers < 1 or self.batch_size < 1:
+            raise ValueError(f"train: workers and batch_size must be >= 1, got {self.workers} and {self.batch_size}")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"train: amp must be none, bf16 or fp16, got {self.amp!r}")
+        if self.amp != "none" and not self.use_gpu:
+            raise ValueError("train: amp needs use_gpu (autocast on CPU workers is not supported here)")
+        if self.epochs < 0 or self.max_iters < 0:
+            raise ValueError(f"train: epochs and max_iters must be >= 0, got {self.epochs} and {self.max_iters}")
+        if self.epochs and self.max_iters:
+            raise ValueError(f"train: give max_iters or epochs, not both (got {self.max_iters} and {self.epochs})")
+        return self
+
+    def model_config(self):
+        from mrcnn.config import get_preset
+
+        cfg = get_preset(self.preset)
+        return cfg.replace(**self.overrides) if self.overrides else cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> TrainRunConfig:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of run settings")
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)

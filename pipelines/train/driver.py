@@ -1,0 +1,193 @@
+"""``mrcnn train``: launch (or resume) distributed Mask R-CNN training with Ray Train (TorchTrainer, DDP).
+
+Each worker (:mod:`pipelines.train.worker`) reads its own disjoint part of the training shards per epoch
+(Ray Data's ``get_dataset_shard``), decodes images and RLE masks in the collate, and runs
+:class:`mrcnn.engine.Trainer` with the Ray and MLflow hooks of :mod:`pipelines.train.hooks`.
+
+Checkpoints are this project's checkpoint files reported through ``ray.train.report``. Relaunching with
+the same ``storage_path`` and ``name`` resumes from the latest one, and ``FailureConfig`` restarts
+failed workers from it. Rank 0 evaluates on the val shards at an interval, logs to MLflow (the same
+run after a resume), and registers the best checkpoint by its selection metric (segm AP; a keypoint
+model's keypoint AP; bbox AP without a mask branch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from typing import TYPE_CHECKING
+
+from pipelines.train.config import CHECKPOINT_FILE, TrainRunConfig
+
+if TYPE_CHECKING:
+    from pipelines.train.hooks import HookSpec
+
+# Extra hooks for every worker as a JSON list of hook specs (see ``train``), e.g. for a submitted job:
+# ``mrcnn submit train ... --env 'MRCNN_TRAIN_HOOKS=["mypackage.hooks:Profiler"]'``.
+HOOKS_ENV = "MRCNN_TRAIN_HOOKS"
+
+
+def run_key(run: TrainRunConfig) -> str:
+    """The identity of a training run: relaunching with the same key resumes it (and its MLflow run)."""
+    return f"{Path(run.storage_path).resolve() if '://' not in run.storage_path else run.storage_path}/{run.name}"
+
+
+def auto_cpus_per_worker(workers: int, *, use_gpu: bool) -> float:
+    """CPUs per training worker when not set: the cluster's CPUs less one for Ray Data's reading tasks,
+    shared by the workers, at most 1 on CPU-only runs (more threads per worker do not pay off with gloo
+    here) and at most 8 per GPU worker. Without a spare CPU, reading the shards would wait forever."""
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    share = (total - 1.0) / workers
+    if share < 0.25:
+        raise ValueError(
+            f"train: {workers} workers on {total:g} CPUs leave no CPU for reading the data; "
+            "use fewer workers or set cpus_per_worker explicitly"
+        )
+    return min(share, 8.0 if use_gpu else 1.0)
+
+
+def _warn_about_setup(run: TrainRunConfig, cfg) -> None:
+    """One line on stderr for set-ups that run but are probably not what was meant."""
+    import sys
+
+    import ray
+
+    if cfg.model.backbone.norm == "frozen_bn" and not run.backbone_weights:
+        print(f"[train] warning: preset {run.preset} freezes BatchNorm and the first ResNet stages (a pretrained "
+              "layout) but no backbone_weights were given: they stay at their random init", file=sys.stderr)  # fmt: skip
+    if "://" not in run.storage_path:
+        nodes = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+        if len(nodes) > 1:
+            print(f"[train] warning: storage_path {run.storage_path} is a local path on a cluster of {len(nodes)} "
+                  "machines: checkpoints need shared storage (s3://, gs://, or NFS mounted at the same path on "
+                  "every node)", file=sys.stderr)  # fmt: skip
+
+
+@dataclass
+class TrainResult:
+    iteration: int
+    metrics: dict[str, Any]
+    checkpoint_path: str | None
+    mlflow_run_id: str | None
+    storage_path: str
+
+
+def train(run: TrainRunConfig, *, ray_address: str | None = None, extra_hooks: Sequence[HookSpec] = ()) -> TrainResult:
+    """Launch (or resume) a training run on the connected Ray cluster (else ``ray_address`` /
+    ``RAY_ADDRESS``, else a local Ray started and stopped here).
+
+    Args:
+        extra_hooks: more hooks for every worker's trainer, run after the metric logging and before the
+            checkpoint report: ``"module:factory"``, ``{"factory": "module:factory", "kwargs": {...}}``
+            (JSON-able), or a picklable callable; the factory is called on each worker and returns a
+            :class:`mrcnn.engine.HookBase`. The JSON list in ``$MRCNN_TRAIN_HOOKS`` is added to them.
+
+    Raises:
+        ValueError: an invalid run config or hook spec, or shards that do not fit the model.
+    """
+    from pipelines.common.session import ray_session
+    from pipelines.train.hooks import check_hook_specs
+
+    run = run.validate()
+    hooks = check_hook_specs([*extra_hooks, *_env_hooks()])
+    if not run.storage_path:
+        run = dataclasses.replace(run, storage_path=str(Path("ray_results").resolve()))
+    if "://" not in run.storage_path:
+        run = dataclasses.replace(run, storage_path=str(Path(run.storage_path).resolve()))
+    with ray_session(ray_address):
+        return _train(run, hooks)
+
+
+def _env_hooks() -> list:
+    text = os.environ.get(HOOKS_ENV, "").strip()
+    if not text:
+        return []
+    try:
+        specs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"${HOOKS_ENV}: not JSON ({exc}); expected a list of hook specs") from None
+    if not isinstance(specs, list):
+        raise ValueError(f"${HOOKS_ENV}: expected a JSON list of hook specs, got {type(specs).__name__}")
+    return specs
+
+
+def _train(run: TrainRunConfig, hooks: list) -> TrainResult:
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.shards import join_path, list_shards, read_categories
+    from pipelines.train.worker import train_loop_per_worker
+
+    categories = read_categories(run.data)
+    cfg = run.model_config()
+    if cfg.model.num_classes != categories.num_classes:
+        cfg = cfg.replace(**{"model.num_classes": categories.num_classes})
+    if cfg.model.has_keypoints:
+        if not categories.num_keypoints:
+            raise ValueError(f"train: model.task is keypoints but the categories of {run.data} name no keypoints "
+                             "(preprocess a COCO person-keypoint json, or `mrcnn synth --task keypoints`)")  # fmt: skip
+        cfg = cfg.replace(**{"model.keypoint_head.num_keypoints": categories.num_keypoints})
+    if run.cpus_per_worker <= 0:
+        run = dataclasses.replace(run, cpus_per_worker=auto_cpus_per_worker(run.workers, use_gpu=run.use_gpu))
+    train_ds = ray.data.read_parquet(list_shards(join_path(run.data, "train")))
+    data_stats = {"train_images": train_ds.count(), "num_classes": categories.num_classes}
+    if run.epochs:
+        total_batch = run.batch_size * run.workers
+        run = dataclasses.replace(run, max_iters=max(1, math.ceil(run.epochs * data_stats["train_images"] / total_batch)))
+        print(f"[train] {run.epochs:g} epochs of {data_stats['train_images']} images at {total_batch} per step: "
+              f"{run.max_iters} iterations", flush=True)  # fmt: skip
+    _warn_about_setup(run, cfg)
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": dataclasses.asdict(run), "model": cfg.to_dict(), "categories": categories.to_list(),
+                           "data_stats": data_stats, "extra_hooks": hooks},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=run.workers,
+            use_gpu=run.use_gpu,
+            resources_per_worker={"CPU": run.cpus_per_worker, **({"GPU": run.gpus_per_worker} if run.use_gpu else {})},
+            placement_strategy=run.placement_strategy,
+            accelerator_type=run.accelerator_type or None,
+        ),
+        run_config=ray.train.RunConfig(
+            storage_path=run.storage_path,
+            name=run.name,
+            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": train_ds},
+    )
+    result = trainer.fit()
+    checkpoint_path = None
+    mlflow_run_id = None
+    if result.checkpoint is not None:
+        import pyarrow.fs as pafs
+
+        from mrcnn.checkpoint import load_checkpoint
+        from pipelines.shards import display_path
+
+        checkpoint = result.checkpoint
+        checkpoint_path = display_path(run.storage_path, checkpoint.filesystem, f"{checkpoint.path}/{CHECKPOINT_FILE}")
+        if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+            training_state = load_checkpoint(checkpoint_path).training_state or {}
+        else:  # s3://, gs://: the driver downloads it
+            with checkpoint.as_directory() as local_dir:
+                training_state = load_checkpoint(Path(local_dir) / CHECKPOINT_FILE).training_state or {}
+        mlflow_run_id = json.loads(training_state.get("loop_state", "{}")).get("mlflow_run_id")
+    return TrainResult(
+        iteration=int(result.metrics.get("iteration", 0)) if result.metrics else 0,
+        metrics=dict(result.metrics or {}),
+        checkpoint_path=checkpoint_path,
+        mlflow_run_id=mlflow_run_id,
+        storage_path=run.storage_path,
+    )

@@ -1,0 +1,139 @@
+"""What every Ray Train worker runs: build the model and the data, add the hooks, ``trainer.train()``.
+
+CPU workers use DDP over gloo (BatchNorm per replica, buffers broadcast from rank 0); GPU workers use
+NCCL, SyncBN and optional autocast (bf16, or fp16 with a GradScaler). A worker started by Ray Train
+after a failure, or in a relaunch, resumes from the latest reported checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipelines.train.config import CHECKPOINT_FILE, TrainRunConfig
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Train on this worker's part of the shards.
+
+    ``loop_config``: ``run`` (TrainRunConfig as a dict), ``model`` (Config.to_dict()), ``categories``
+    (CategoryMap.to_list()), ``data_stats`` (MLflow params), ``extra_hooks`` (hook specs, see
+    :func:`pipelines.train.hooks.build_hooks`; they run after the metric logging, before the report).
+    """
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from mrcnn.config import Config
+    from mrcnn.data.categories import CategoryMap
+    from mrcnn.engine import NonFiniteLossError, Trainer
+    from mrcnn.solver import build_optimizer
+    from pipelines.train.data import ShardEpochs
+    from pipelines.train.hooks import RunState, selection_metric, start_tracker
+    from pipelines.train.model import build_worker_model
+
+    run = TrainRunConfig(**loop_config["run"])
+    cfg = Config.from_dict(loop_config["model"])
+    categories = CategoryMap.from_list(loop_config["categories"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(run.seed + rank)
+    resumed = ray.train.get_checkpoint()
+
+    model = build_worker_model(run, cfg, world_size=world_size, resuming=resumed is not None)
+    optimizer = build_optimizer(model, cfg.solver, total_batch_size=run.batch_size * world_size)
+    scaler = torch.amp.GradScaler("cuda") if run.amp == "fp16" else None
+    state = RunState(best_metric_name=selection_metric(cfg))
+    if resumed is not None:
+        _resume(resumed, model, optimizer, scaler, state)
+    model = ray.train.torch.prepare_model(model)
+    tracker = None
+    if rank == 0 and run.tracking_uri:
+        tracker = start_tracker(run, cfg, loop_config.get("data_stats", {}), state, resumed=resumed is not None)
+
+    num_keypoints = cfg.model.keypoint_head.num_keypoints if cfg.model.has_keypoints else 0  # 0: targets without
+    data = ShardEpochs(ray.train.get_dataset_shard("train"), run.batch_size, seed=run.seed + 1000 * state.attempt,
+                       num_keypoints=num_keypoints)  # fmt: skip
+    device = ray.train.torch.get_device()
+    trainer = Trainer(
+        model, data, optimizer, max_iters=run.max_iters or cfg.solver.max_iters, max_seconds=run.minutes * 60 or None,
+        device=device, scaler=scaler, autocast_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[run.amp],
+        clip_grad_norm=cfg.solver.clip_grad_norm, world_size=world_size, state=state, sync_elapsed=max_across_ranks,
+    )  # fmt: skip
+    trainer.register_hooks(_hooks(run, cfg, categories, rank=rank, model=model, state=state, tracker=tracker, device=device,
+                                  num_keypoints=num_keypoints, extra_hooks=loop_config.get("extra_hooks", [])))  # fmt: skip
+    try:
+        trainer.train()
+    except NonFiniteLossError as exc:
+        raise NonFiniteLossError(f"rank {rank}: {exc}") from None
+
+
+def _hooks(run: TrainRunConfig, cfg, categories, *, rank: int, model, state, tracker, device, num_keypoints: int,
+           extra_hooks: list) -> list:  # fmt: skip
+    """In order: schedule, evaluation and "best" (rank 0), metric logging, the extra hooks, the Ray report, MLflow."""
+    import math
+
+    from mrcnn.engine import BestModel, LRSchedule, MetricLogger, PeriodicEvaluation
+    from pipelines.train.data import load_val
+    from pipelines.train.driver import run_key
+    from pipelines.train.hooks import MlflowTracking, RayReport, build_hooks, register_best, selection_metric
+
+    val = load_val(run.data, run.eval_max_images, num_keypoints) if rank == 0 and run.eval_every else None
+    evaluation = best = None
+    if val is not None:
+        # Evaluations come with reports (so that "best" has a checkpoint): at multiples of both periods.
+        evaluation = PeriodicEvaluation(lambda: _evaluate(model, val, cfg, categories, device),
+                                        period=math.lcm(run.eval_every, run.checkpoint_every))  # fmt: skip
+        best = BestModel(selection_metric(cfg))
+    write = tracker.log_metrics if tracker is not None else None  # train/* of every step, rank 0
+    register = register_best(tracker, run, state) if tracker is not None and run.model_name else None
+    report = RayReport(run.checkpoint_every, rank=rank, cfg=cfg, categories=categories, key=run_key(run), best=best,
+                       register=register)  # fmt: skip
+    mlflow = None
+    if tracker is not None:
+        mlflow = MlflowTracking(tracker, val=val, categories=categories, device=device, num_overlays=run.num_val_overlays)
+    logger = MetricLogger(write, period=25 if rank == 0 else 0)
+    return [LRSchedule(cfg.solver), evaluation, best, logger, *build_hooks(extra_hooks), report, mlflow]
+
+
+def _evaluate(model, val, cfg, categories, device) -> dict[str, Any]:
+    """bbox; segm with the mask branch (off: Faster R-CNN); keypoints (OKS) with the keypoint branch."""
+    from mrcnn.engine import evaluate_model
+
+    module = model.module if hasattr(model, "module") else model
+    images, targets, gt = val
+    loader = [(images[i : i + 8], targets[i : i + 8]) for i in range(0, len(images), 8)]
+    metrics = evaluate_model(module, loader, gt, categories, device=device, iou_types=cfg.model.iou_types)
+    module.train()
+    return metrics
+
+
+def _resume(checkpoint, model, optimizer, scaler, state) -> None:
+    """Load the weights, optimizer, scaler and loop state of a reported checkpoint; count the attempt."""
+    from mrcnn.checkpoint import load_checkpoint
+
+    with checkpoint.as_directory() as ckpt_dir:
+        ckpt = load_checkpoint(Path(ckpt_dir) / CHECKPOINT_FILE)
+    model.load_state_dict(ckpt.model_state)
+    training_state = ckpt.training_state or {}
+    optimizer.load_state_dict(training_state["optimizer"])
+    if scaler is not None and training_state.get("scaler"):
+        scaler.load_state_dict(training_state["scaler"])
+    state.load_state_dict(json.loads(training_state["loop_state"]))
+    state.attempt += 1
+
+
+def max_across_ranks(value: float) -> float:
+    """The largest value over all ranks: every rank then takes the same time-based decisions
+    (learning rate, when to stop), which DDP needs (same steps, same updates on every rank)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())

@@ -96,7 +96,7 @@ def main() -> None:
     import torch
 
     from pipelines.common.session import ray_session
-    from pipelines.segment import segment
+    from pipelines.batch.segment import segment
 
     work = Path(tempfile.mkdtemp(prefix="bench_segment_"))
     session = contextlib.ExitStack()

@@ -95,7 +95,7 @@ def load_coco_gt(gt: str | os.PathLike | dict | COCO) -> COCO:
     return coco
 
 
-def _results_coco(gt: COCO, results: list[dict[str, Any]], iou_type: str) -> COCO:
+def results_as_coco(gt: COCO, results: list[dict[str, Any]], iou_type: str) -> COCO:
     """The detections as a COCO object (pycocotools' loadRes; an empty result set is allowed)."""
     if results:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -173,7 +173,7 @@ def _resolve_backend(backend: str) -> str:
 def _evaluator(coco_gt: COCO, records: list[dict[str, Any]], iou_type: str, backend: str):
     """A COCOeval (pycocotools) or COCOeval_faster (faster-coco-eval) over the (normalised) ground truth and records."""
     if backend == "pycocotools":
-        return COCOeval(coco_gt, _results_coco(coco_gt, records, iou_type), iouType=iou_type)
+        return COCOeval(coco_gt, results_as_coco(coco_gt, records, iou_type), iouType=iou_type)
     from faster_coco_eval import COCO as FasterCOCO
     from faster_coco_eval import COCOeval_faster
 
@@ -198,7 +198,7 @@ def _per_category_ap(evaluator: COCOeval, gt: COCO) -> dict[str, float]:
     return per_category
 
 
-def _check_ids(results: list[dict[str, Any]], gt: COCO, iou_type: str) -> None:
+def check_result_ids(results: list[dict[str, Any]], gt: COCO, iou_type: str) -> None:
     """Every record has an ``image_id`` and a ``category_id`` of the ground truth (``iou_type`` for messages)."""
     image_ids = set(gt.getImgIds())
     category_ids = set(gt.getCatIds())
@@ -212,7 +212,8 @@ def _check_ids(results: list[dict[str, Any]], gt: COCO, iou_type: str) -> None:
             raise ValueError(f"result {index}: category_id {record['category_id']} is not in the ground truth")
 
 
-def _check_results(results: list[dict[str, Any]], gt: COCO, iou_type: str) -> None:
+def check_result_fields(results: list[dict[str, Any]], gt: COCO, iou_type: str) -> None:
+    """Every record has the fields ``iou_type`` needs; keypoint records have 3 values per keypoint of their category."""
     num_values = {c["id"]: 3 * len(c.get("keypoints") or []) for c in gt.dataset["categories"]}
     field = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[iou_type]
     for index, record in enumerate(results):
@@ -256,7 +257,7 @@ def evaluate_coco(
         if iou_type not in ALL_IOU_TYPES:
             raise ValueError(f"iou type: expected one of {ALL_IOU_TYPES}, got {iou_type!r}")
     iou_types = tuple(iou_types)
-    _check_ids(results, original_gt, iou_types[0] if iou_types else "bbox")
+    check_result_ids(results, original_gt, iou_types[0] if iou_types else "bbox")
     coco_gt, results, image_ids = normalise_for_eval(original_gt, results, image_ids)
     metrics: dict[str, dict[str, Any]] = {}
     for iou_type in iou_types:
@@ -265,7 +266,7 @@ def evaluate_coco(
         if iou_type == "keypoints":  # keypoint AP is over the categories with keypoints (COCO: person only)
             no_keypoints = {c["id"] for c in coco_gt.dataset["categories"] if not c.get("keypoints")}
             scored = [r for r in results if r.get("category_id") not in no_keypoints]
-        _check_results(scored, coco_gt, iou_type)
+        check_result_fields(scored, coco_gt, iou_type)
         # For segm, drop the boxes: pycocotools would otherwise take each detection's area from its box
         # (and so its small/medium/large range), as detectron2 and torchvision's references avoid too.
         records = [{k: v for k, v in r.items() if k != "bbox"} for r in scored] if iou_type == "segm" else scored

@@ -100,14 +100,8 @@ class ExportableMaskRCNN(nn.Module):
         """
         if not torch.jit.is_tracing() and (image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point()):
             raise ValueError(f"expected one float image [3, H, W], got {image.dtype} {tuple(image.shape)}")
-        roi_heads = self.model.roi_heads
-        previous = roi_heads.score_thresh
-        if self.score_threshold is not None:
-            roi_heads.score_thresh = self.score_threshold  # a constant of the traced graph
-        try:
-            detection = self.model([image]).detections[0]
-        finally:
-            roi_heads.score_thresh = previous
+        # The threshold is an argument of the model call: a constant of the traced graph.
+        detection = self.model([image], score_threshold=self.score_threshold).detections[0]
         return tuple(detection[name] for name in self.output_names)
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:

@@ -11,7 +11,6 @@ and AP/AR are percentages like :func:`mrcnn.evaluation.evaluate_coco`'s (-1: no 
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,23 +20,17 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from mrcnn.evaluation import ALL_IOU_TYPES, keypoint_oks_sigmas, load_coco_gt
+from mrcnn.evaluation import (
+    ALL_IOU_TYPES,
+    check_result_fields,
+    check_result_ids,
+    keypoint_oks_sigmas,
+    load_coco_gt,
+    results_as_coco,
+)
 
 PER_CLASS_FIELDS = ("category_id", "name", "AP", "AP50", "AP75", "AR100", "num_gt")
 PR_CURVE_FIELDS = ("category_id", "name", "iou", "recall", "precision")
-_RECORD_FIELD = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}
-
-
-def _check_records(records: Sequence[dict[str, Any]], gt: COCO, iou_type: str) -> None:
-    image_ids, category_ids = set(gt.getImgIds()), set(gt.getCatIds())
-    for index, record in enumerate(records):
-        missing = [k for k in ("image_id", "category_id", "score", _RECORD_FIELD[iou_type]) if k not in record]
-        if missing:
-            raise ValueError(f"result {index}: missing {missing} (needed for {iou_type} evaluation)")
-        if record["image_id"] not in image_ids:
-            raise ValueError(f"result {index}: image_id {record['image_id']} is not in the ground truth")
-        if record["category_id"] not in category_ids:
-            raise ValueError(f"result {index}: category_id {record['category_id']} is not in the ground truth")
 
 
 def _positive_annotation_ids(gt: COCO) -> COCO:
@@ -81,16 +74,12 @@ def run_cocoeval(gt: str | os.PathLike | dict | COCO, results: Iterable[dict[str
         category_ids = sorted(c["id"] for c in coco_gt.dataset["categories"] if c.get("keypoints"))
         with_keypoints = set(category_ids)
         records = [r for r in records if r.get("category_id") in with_keypoints]
-    _check_records(records, coco_gt, iou_type)
+    check_result_fields(records, coco_gt, iou_type)
+    check_result_ids(records, coco_gt, iou_type)
     if iou_type == "segm":
         records = [{k: v for k, v in r.items() if k != "bbox"} for r in records]
+    coco_dt = results_as_coco(coco_gt, records, iou_type)
     with contextlib.redirect_stdout(io.StringIO()):
-        if records:
-            coco_dt = coco_gt.loadRes(copy.deepcopy(records))
-        else:
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": list(coco_gt.dataset["images"]), "categories": coco_gt.dataset["categories"], "annotations": []}
-            coco_dt.createIndex()
         evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         evaluator.params.catIds = category_ids
         if iou_type == "keypoints":

@@ -53,7 +53,7 @@ def add_parser(subparsers) -> None:
 def _attach_image_ids(results: list[dict[str, Any]], gt, source: str) -> list[dict[str, Any]]:
     """Fill ``image_id`` from ``file_name`` for records that only name their file (matched by path, as
     ``mrcnn evaluate`` does: ``cam1/0001.png`` is not ``cam2/0001.png``; an ambiguous base name is refused)."""
-    from pipelines.evaluate import match_file_names
+    from pipelines.batch.evaluate import match_file_names
 
     names = [str(record.get("file_name", "")) for record in results if "image_id" not in record]
     try:

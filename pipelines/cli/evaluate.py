@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mrcnn.evaluation import format_metrics_table, stat_names
-    from pipelines.evaluate import evaluate
+    from pipelines.batch.evaluate import evaluate
 
     summary = evaluate(
         model=args.model, out=args.out, data=args.data, annotations=args.annotations, images=args.images,

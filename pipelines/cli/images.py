@@ -58,7 +58,7 @@ def match_annotations(annotations: str | None, named: list[tuple[Path, str]]) ->
     if not annotations:
         return named, {}
     from mrcnn.evaluation import load_coco_gt
-    from pipelines.evaluate import match_file_names
+    from pipelines.batch.evaluate import match_file_names
 
     images = load_coco_gt(annotations).dataset["images"]
     keys = [name if len(Path(name).parts) >= len(path.parts) else path.as_posix() for path, name in named]

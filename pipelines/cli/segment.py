@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from pipelines.segment import segment
+    from pipelines.batch.segment import segment
 
     summary = segment(
         model=args.model, input=args.input, out=args.out, workers=args.workers, gpu=args.gpu,

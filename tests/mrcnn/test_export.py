@@ -71,7 +71,7 @@ def model(checkpoint):
 
 def plain_predictor(model, checkpoint) -> Predictor:
     return Predictor(model, config=checkpoint.config, categories=checkpoint.categories, score_threshold=SCORE_THRESHOLD,
-                     optimize=False, keep_freed_memory=False)  # fmt: skip
+                     optimize=False)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_eager_wrapper_is_the_predictor_exactly(model, checkpoint):
     torch.testing.assert_close(boxes, expected["boxes"], rtol=0, atol=0)
     assert torch.equal(labels, expected["labels"]) and torch.equal(scores, expected["scores"])
     assert torch.equal(masks[:, 0] >= 0.5, expected["masks"])
-    assert model.roi_heads.score_thresh == model_threshold != SCORE_THRESHOLD, "the wrapper's threshold is put back after each call"
+    assert model.roi_heads.score_thresh == model_threshold != SCORE_THRESHOLD, "the wrapper leaves the model's threshold alone"
 
 
 def test_torchscript_parity_and_reload(model):

@@ -22,7 +22,7 @@ from PIL import Image
 
 from mrcnn.data.masks import mask_to_rle
 from pipelines.cli import _parse_overrides, main
-from pipelines.evaluate import match_file_names
+from pipelines.batch.evaluate import match_file_names
 from pipelines.shards import collate_shard_batch, shard_schema, shards_to_coco_gt
 
 REPO = Path(__file__).resolve().parents[2]

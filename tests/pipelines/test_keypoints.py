@@ -143,7 +143,7 @@ def test_train_a_keypoint_model_logs_keypoint_ap_and_registers_by_it(shards, tmp
 
 
 def test_evaluate_a_keypoint_model_on_shards(shards, small_keypoint_checkpoint, tmp_path):
-    from pipelines.evaluate import evaluate
+    from pipelines.batch.evaluate import evaluate
 
     summary = evaluate(model=str(small_keypoint_checkpoint), data=str(shards / "val"), out=tmp_path / "eval",
                        workers=1, score_threshold=0.0)  # fmt: skip

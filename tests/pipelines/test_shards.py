@@ -31,7 +31,7 @@ from tests.conftest import COCO_MINI_IMAGES, COCO_MINI_JSON
 @pytest.fixture(scope="module")
 def coco_mini_shards(tmp_path_factory):
     """coco_mini (6 images of 4 sizes, 2 crowd regions) preprocessed into 2 shards, on a local Ray."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     out = tmp_path_factory.mktemp("shards")
     preprocess_coco(annotations=COCO_MINI_JSON, images=COCO_MINI_IMAGES, out=out, split="val", num_shards=2, progress=False)
     yield out

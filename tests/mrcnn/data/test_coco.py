@@ -9,8 +9,7 @@ import shutil
 import pytest
 
 from mrcnn.data.categories import CategoryMap
-from mrcnn.data.coco import RecordError, load_coco, validate_annotation
-from mrcnn.data.masks import rle_to_bbox_xyxy
+from mrcnn.data.coco import load_coco
 
 from .conftest import COCO_MINI_DIR, COCO_MINI_JSON, CROWD_IMAGE_IDS
 
@@ -162,47 +161,6 @@ def test_coco_split_layout_finds_image_dir(tmp_path):
     shutil.copy(COCO_MINI_JSON, tmp_path / "annotations" / "instances_val2017.json")
     result = load_coco(tmp_path / "annotations" / "instances_val2017.json")
     assert result.image_dir == tmp_path / "val2017" and result.rejects == []
-
-
-def test_validate_annotation_details():
-    categories = CategoryMap.from_names(["a", "b"])
-    image = {"id": 1, "height": 20, "width": 30}
-    polygon = [[2.0, 3.0, 12.0, 3.0, 12.0, 9.0, 2.0, 9.0]]
-    # No bbox: derived from the mask.
-    record = validate_annotation(
-        {"id": 5, "category_id": 2, "segmentation": polygon}, image=image, categories=categories, source="s.json"
-    )
-    assert record.label == 2 and record.iscrowd == 0
-    assert list(record.box) == rle_to_bbox_xyxy(record.rle) == [2.0, 3.0, 12.0, 9.0]
-    # A box hanging over the edge is clipped.
-    record = validate_annotation(
-        {"id": 6, "category_id": 1, "segmentation": polygon, "bbox": [-4.0, 10.0, 50.0, 30.0]},
-        image=image,
-        categories=categories,
-        source="s.json",
-    )
-    assert record.box == (0.0, 10.0, 30.0, 20.0)
-    # Crowd regions (uncompressed RLE) are kept with iscrowd=1.
-    crowd = {"size": [20, 30], "counts": [100, 50, 450]}
-    record = validate_annotation(
-        {"id": 7, "category_id": 1, "segmentation": crowd, "iscrowd": 1, "bbox": [5, 0, 3, 20]},
-        image=image,
-        categories=categories,
-        source="s.json",
-    )
-    assert record.iscrowd == 1 and record.area == 50.0 and isinstance(record.rle["counts"], str)
-    cases = [
-        ({"id": 8, "category_id": 1, "segmentation": {"size": [21, 30], "counts": [630]}}, "rle_size_mismatch"),
-        ({"id": 9, "category_id": 1, "segmentation": [[100, 100, 110, 100, 110, 110]]}, "empty_mask"),
-        ({"id": 10, "category_id": 1}, "bad_segmentation"),
-        ({"id": 11, "category_id": 1, "segmentation": polygon, "bbox": [1, 2, 3]}, "bad_box"),
-        ({"id": 12, "category_id": 1, "segmentation": polygon, "iscrowd": 2}, "bad_annotation_record"),
-    ]
-    for ann, reason in cases:
-        with pytest.raises(RecordError) as info:
-            validate_annotation(ann, image=image, categories=categories, source="s.json")
-        assert info.value.reason == reason
-        assert str(info.value).startswith(f"annotation {ann['id']} in s.json: ")
 
 
 # ---------------------------------------------------------------- field cases (issue 16, part A)

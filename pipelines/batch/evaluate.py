@@ -1,6 +1,6 @@
 """``mrcnn evaluate``: COCO evaluation of a model URI on a whole split, spread over a Ray cluster.
 
-The predictions are made by :func:`pipelines.segment.segment` (a Ray Data actor pool, one model per
+The predictions are made by :func:`pipelines.batch.segment.segment` (a Ray Data actor pool, one model per
 actor, ``--gpu`` for one GPU each) at the model's own score threshold (0.05 for the paper's presets),
 into ``OUT/detections/`` (a re-run over the same ``OUT`` resumes). The driver then evaluates the COCO
 results json against the ground truth with pycocotools (:func:`mrcnn.evaluation.evaluate_coco`) and
@@ -15,6 +15,11 @@ The ground truth comes from either
 Images the ground truth lists but that could not be read count as images without detections (and are
 reported); images of the folder that the ground truth does not list are left out of the evaluation.
 Paths may be local or pyarrow filesystem URIs (``s3://``).
+
+The model is resolved and loaded once, on the driver (:func:`pipelines.batch.model.load_model`): its config
+gives the score threshold and the IoU types, and its bytes go to segment's actors as they are. Each actor
+(:class:`pipelines.batch.worker.SegmentWorker`) makes the malloc choice of :func:`mrcnn.runtime.keep_freed_memory`
+and switches Winograd on with it (``optimize={"winograd": ...}``), as ``mrcnn segment`` does.
 """
 
 from __future__ import annotations
@@ -22,14 +27,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from pipelines.shards import display_path, join_path, read_uri, resolve_path
+from pipelines.batch.model import load_model
+from pipelines.batch.segment import segment
+from pipelines.common.storage import display_path, join_path, read_uri, resolve_path, write_atomic
 
 __all__ = ["EvaluationSummary", "evaluate", "match_file_names"]
 
@@ -186,17 +192,14 @@ def evaluate(
         out: output folder (path or URI): ``detections/`` (resumable) and ``metrics.json``.
         data: a shard split ``OUT/<split>``; or else
         annotations, images: a COCO instances json and its image folder.
-        workers, gpu, batch_size, cpus_per_worker: the actor pool, as :func:`pipelines.segment.segment`.
+        workers, gpu, batch_size, cpus_per_worker: the actor pool, as :func:`pipelines.batch.segment.segment`.
         score_threshold: keep detections above it; default the model's ``box_head.score_thresh``.
         tracking_uri: MLflow store for ``models:/`` and ``runs:/`` (default ``MLFLOW_TRACKING_URI``).
 
     Raises:
         ValueError / FileNotFoundError: bad options, ground truth or model (one line each).
     """
-    from mrcnn.checkpoint import load_checkpoint
     from mrcnn.evaluation import evaluate_coco, load_coco_gt
-    from pipelines.segment import segment
-    from pipelines.tracking import resolve_model_uri
 
     start = time.perf_counter()
     gt, source, described = _ground_truth(data, annotations, images)
@@ -205,29 +208,25 @@ def evaluate(
         raise ValueError(f"{described}: the ground truth has no images")
     out_fs, out_root = resolve_path(out)
     shown_out = display_path(out, out_fs, out_root)
-    with tempfile.TemporaryDirectory(prefix="mrcnn-evaluate-model-") as tmp:
-        path = resolve_model_uri(model, tracking_uri=tracking_uri, dst_dir=tmp)
-        checkpoint = load_checkpoint(path)
-        if score_threshold is None:
-            score_threshold = float(checkpoint.config.model.box_head.score_thresh)
-        print(f"[evaluate] {model} ({checkpoint.config.name}) on {described}: {len(image_ids)} images, "
-              f"score threshold {score_threshold}", file=sys.stderr, flush=True)  # fmt: skip
-        summary = segment(
-            model=path, input=source, out=join_path(shown_out, DETECTIONS_DIR), workers=workers, gpu=gpu,
-            batch_size=batch_size, score_threshold=score_threshold, output_format="coco", overwrite=overwrite,
-            cpus_per_worker=cpus_per_worker, tracking_uri=tracking_uri, ray_address=ray_address,
-        )  # fmt: skip
+    loaded = load_model(model, tracking_uri)
+    if score_threshold is None:
+        score_threshold = float(loaded.config.model.box_head.score_thresh)
+    print(f"[evaluate] {model} ({loaded.config.name}) on {described}: {len(image_ids)} images, "
+          f"score threshold {score_threshold}", file=sys.stderr, flush=True)  # fmt: skip
+    summary = segment(
+        model=loaded, input=source, out=join_path(shown_out, DETECTIONS_DIR), workers=workers, gpu=gpu,
+        batch_size=batch_size, score_threshold=score_threshold, output_format="coco", overwrite=overwrite,
+        cpus_per_worker=cpus_per_worker, tracking_uri=tracking_uri, ray_address=ray_address,
+    )  # fmt: skip
     results, num_unlisted = _attach_ids(_read_json(summary.outputs["results"]), gt, described)
     if num_unlisted:
         print(f"[evaluate] {num_unlisted} images of {source} are not in the ground truth: left out", file=sys.stderr)
-    iou_types = checkpoint.config.model.iou_types  # bbox, + segm with masks, + keypoints for a keypoint model
+    iou_types = loaded.config.model.iou_types  # bbox, + segm with masks, + keypoints for a keypoint model
     metrics = evaluate_coco(load_coco_gt(gt), results, image_ids=image_ids, iou_types=iou_types)
     result = EvaluationSummary(
         model=str(model), ground_truth=described, out_dir=shown_out, score_threshold=score_threshold,
         num_images=len(image_ids), num_rejected=summary.num_rejects, num_detections=len(results),
         seconds=time.perf_counter() - start, metrics=metrics,
     )  # fmt: skip
-    out_fs.create_dir(out_root, recursive=True)
-    with out_fs.open_output_stream(join_path(out_root, METRICS_FILE)) as stream:
-        stream.write((json.dumps(result.to_dict(), indent=1) + "\n").encode())
+    write_atomic(join_path(out_root, METRICS_FILE), json.dumps(result.to_dict(), indent=1) + "\n", fs=out_fs)
     return result

@@ -12,13 +12,13 @@ import ray
 
 from mrcnn.evaluation import STAT_NAMES
 from pipelines.cli import main
-from pipelines.evaluate import evaluate
+from pipelines.batch.evaluate import evaluate
 from pipelines.preprocess import preprocess_dataset
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

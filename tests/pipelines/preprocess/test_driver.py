@@ -26,7 +26,7 @@ from pipelines.preprocess import find_coco_splits, preprocess_coco, preprocess_d
 from pipelines.shards import list_shards, shard_schema
 from tests.conftest import COCO_MINI_IMAGES, COCO_MINI_JSON
 
-SHARED_MINI = Path(__file__).resolve().parents[2].parent / "shared/data/coco_val2017_mini"
+SHARED_MINI = Path(__file__).resolve().parents[3].parent / "shared/data/coco_val2017_mini"
 REAL_DATASETS = [
     pytest.param(json_path, json_path.parent / "images", id=json_path.parent.name)
     for json_path in (COCO_MINI_JSON, SHARED_MINI / "annotations.json")
@@ -36,7 +36,7 @@ REAL_DATASETS = [
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -314,17 +314,17 @@ def test_int64_ids_keep_every_image_and_a_broken_polygon_part_is_counted(tmp_pat
 def test_failed_preprocess_leaves_the_output_untouched(tmp_path, monkeypatch):
     """A failure mid-way neither leaves a half-written split nor a categories.json in an otherwise empty folder,
     and an earlier complete split stays as it was."""
-    import pipelines.preprocess
+    import pipelines.preprocess.driver
 
     annotations, images = _field_dataset(tmp_path / "src")
-    real_input_table = pipelines.preprocess._input_table
+    real_input_table = pipelines.preprocess.driver.shard_input_table
 
     def failing(records, shard):
         if shard == 1:
             raise OverflowError("simulated failure while building shard 1")
         return real_input_table(records, shard)
 
-    monkeypatch.setattr(pipelines.preprocess, "_input_table", failing)
+    monkeypatch.setattr(pipelines.preprocess.driver, "shard_input_table", failing)
     fresh = tmp_path / "fresh"
     with pytest.raises(OverflowError):
         preprocess_coco(annotations=annotations, images=images, out=fresh, split="val", num_shards=2, progress=False)
@@ -339,3 +339,30 @@ def test_failed_preprocess_leaves_the_output_untouched(tmp_path, monkeypatch):
         preprocess_coco(annotations=annotations, images=images, out=existing, split="train", num_shards=2, progress=False)
     after = {p.relative_to(existing): p.read_bytes() for p in existing.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_progress_flag_and_block_cap_are_set_before_the_dataset_is_made(tmp_path, monkeypatch):
+    """A Dataset keeps a copy of Ray Data's context when it is made: progress=False turns its progress bars
+    (tqdm, or log lines when stdout is not a terminal) off, and its output blocks stay at 16 MiB; afterwards the
+    context is as it was."""
+    from pipelines.preprocess.driver import PREPROCESS_BLOCK_BYTES
+
+    annotations, images = _field_dataset(tmp_path / "src")
+    context = ray.data.DataContext.get_current()
+    before = (context.enable_progress_bars, context.target_max_block_size)
+    seen = []
+    real_from_arrow_refs = ray.data.from_arrow_refs
+
+    def spy(refs):
+        current = ray.data.DataContext.get_current()
+        seen.append((current.enable_progress_bars, current.target_max_block_size))
+        return real_from_arrow_refs(refs)
+
+    monkeypatch.setattr(ray.data, "from_arrow_refs", spy)
+    for progress in (False, True):
+        preprocess_coco(annotations=annotations, images=images, out=tmp_path / f"out{progress}", split="val",
+                        num_shards=1, progress=progress)  # fmt: skip
+    assert PREPROCESS_BLOCK_BYTES == 16 * 2**20
+    assert seen == [(False, PREPROCESS_BLOCK_BYTES), (before[0], min(before[1], PREPROCESS_BLOCK_BYTES))]
+    assert before[0] is True  # Ray Data's default: the bars show with progress=True
+    assert (context.enable_progress_bars, context.target_max_block_size) == before

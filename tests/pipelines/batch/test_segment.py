@@ -27,17 +27,13 @@ from PIL import Image
 from mrcnn.data.masks import mask_to_rle, rle_to_mask
 from pipelines.cli import main
 from pipelines.preprocess import preprocess_coco
-from pipelines.segment import (
-    PARTS_DIR,
-    SegmentInterrupted,
-    row_to_records,
-    segment,
-    segment_schema,
-)
+from mrcnn.records import row_to_records
+from pipelines.batch.parts import PARTS_DIR, segment_schema
+from pipelines.batch.segment import SegmentInterrupted, segment
 
 THRESHOLD = 0.225  # the random small model's class scores lie in ~0.21..0.29: 0 to ~70 detections per image
 BAD_FILES = {"truncated.png": "truncated", "text.jpg": "not_an_image", "empty.png": "empty"}
-PROJECT_DIR = Path(__file__).resolve().parents[2]
+PROJECT_DIR = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -295,8 +291,8 @@ def test_bad_arguments_give_one_line_error(tmp_path, small_checkpoint, capsys, a
 
 def test_assembly_keeps_one_row_per_image(tmp_path):
     """Part files that overlap (a killed run's last batch redone) give one row per image; a result wins."""
-    from pipelines.segment import PART_COLUMNS, _assemble
-    from pipelines.shards import resolve_path
+    from pipelines.batch.parts import PART_COLUMNS, _assemble
+    from pipelines.common.storage import resolve_path
 
     square = np.zeros((4, 4), dtype=np.uint8)
     square[:2, :2] = 1

@@ -1,0 +1,52 @@
+"""The model of a batch run, resolved and checked once on the driver.
+
+A ``models:/``/``runs:/`` URI or a checkpoint file becomes :class:`BatchModel`: the checkpoint file's bytes
+(sent to the actors through the object store, so workers on other nodes need no access to it), their
+sha256 (the output folder's manifest) and the checkpoint's config (evaluate reads its score threshold,
+name and IoU types from it). The driver loads the checkpoint once, to check it; each actor loads it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BatchModel:
+    """A checkpoint as the batch drivers pass it on.
+
+    Attributes:
+        uri (str): the model URI or path, as given.
+        data (bytes): the checkpoint file.
+        sha256 (str): hex digest of ``data``.
+        config (mrcnn.config.Config): the checkpoint's config.
+    """
+
+    uri: str
+    data: bytes = field(repr=False)
+    sha256: str
+    config: Any = field(repr=False)
+
+
+def load_model(model: str | os.PathLike | BatchModel, tracking_uri: str | None = None) -> BatchModel:
+    """Resolve ``model`` (anything :func:`pipelines.tracking.resolve_model_uri` takes), check it by loading it
+    once here, so a bad file is one clear error instead of a failure in every actor, and read its bytes.
+    A download goes to a temporary folder. A :class:`BatchModel` is returned as is.
+
+    Raises:
+        ValueError / FileNotFoundError: a bad URI or checkpoint (as ``resolve_model_uri`` and ``load_checkpoint``).
+    """
+    if isinstance(model, BatchModel):
+        return model
+    from mrcnn.checkpoint import load_checkpoint
+    from pipelines.tracking import resolve_model_uri
+
+    with tempfile.TemporaryDirectory(prefix="mrcnn-batch-model-") as tmp:
+        path = resolve_model_uri(model, tracking_uri=tracking_uri, dst_dir=tmp)
+        config = load_checkpoint(path).config
+        data = path.read_bytes()
+    return BatchModel(uri=str(model), data=data, sha256=hashlib.sha256(data).hexdigest(), config=config)

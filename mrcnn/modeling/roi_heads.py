@@ -213,33 +213,26 @@ def _class_nms_top(boxes: Tensor, scores: Tensor, labels: Tensor, *, iou_thresho
 
 def build_roi_heads(cfg: ModelConfig, *, in_channels: int) -> RoIHeads:
     box_cfg, mask_cfg, keypoint_cfg = cfg.box_head, cfg.mask_head, cfg.keypoint_head
-    box_pooler = MultiScaleRoIPooler(
-        featmap_names=FEATURE_NAMES,
-        output_size=box_cfg.pooler_resolution,
-        mode=box_cfg.pooler,
-        sampling_ratio=box_cfg.sampling_ratio,
-        aligned=box_cfg.aligned,
-    )
+
+    def pooler(output_size: int) -> MultiScaleRoIPooler:
+        # Every head pools the same way (RoIAlign or the RoIPool ablation), at its own resolution.
+        return MultiScaleRoIPooler(
+            featmap_names=FEATURE_NAMES,
+            output_size=output_size,
+            mode=box_cfg.pooler,
+            sampling_ratio=box_cfg.sampling_ratio,
+            aligned=box_cfg.aligned,
+        )
+
+    box_pooler = pooler(box_cfg.pooler_resolution)
     box_head, box_predictor = build_box_head(box_cfg, in_channels=in_channels, num_classes=cfg.num_classes)
     mask_pooler = mask_head = mask_predictor = None
     if mask_cfg.enabled:
-        mask_pooler = MultiScaleRoIPooler(
-            featmap_names=FEATURE_NAMES,
-            output_size=mask_cfg.pooler_resolution,
-            mode=box_cfg.pooler,
-            sampling_ratio=box_cfg.sampling_ratio,
-            aligned=box_cfg.aligned,
-        )
+        mask_pooler = pooler(mask_cfg.pooler_resolution)
         mask_head, mask_predictor = build_mask_head(mask_cfg, in_channels=in_channels, num_classes=cfg.num_classes)
     keypoint_pooler = keypoint_head = keypoint_predictor = None
     if cfg.has_keypoints:
-        keypoint_pooler = MultiScaleRoIPooler(
-            featmap_names=FEATURE_NAMES,
-            output_size=keypoint_cfg.pooler_resolution,
-            mode=box_cfg.pooler,
-            sampling_ratio=box_cfg.sampling_ratio,
-            aligned=box_cfg.aligned,
-        )
+        keypoint_pooler = pooler(keypoint_cfg.pooler_resolution)
         keypoint_head, keypoint_predictor = build_keypoint_head(keypoint_cfg, in_channels=in_channels)
     return RoIHeads(
         box_pooler,

@@ -61,6 +61,10 @@ class Difficulty:
     ring_inner: inner / outer radius of a ring, uniform in this range (closer to 1 = a thinner band).
     star_inner: inner / outer radius of a star's vertices (smaller = thinner arms).
     min_shapes, max_shapes: instances per image when the caller gives no count.
+    min_visible_fraction: a shape less visible than this fraction of its own area is removed.
+    min_colour_distance: RGB euclidean distance of a shape colour from every background key colour.
+    noise_probability: chance that an image's background gets Gaussian pixel noise.
+    edge_margin: a shape's centre keeps this many radii from the image edge (0.5: up to half of it can be cut off).
     """
 
     min_size_fraction: float
@@ -69,6 +73,10 @@ class Difficulty:
     star_inner: tuple[float, float]
     min_shapes: int
     max_shapes: int
+    min_visible_fraction: float = MIN_VISIBLE_FRACTION
+    min_colour_distance: float = MIN_COLOUR_DISTANCE
+    noise_probability: float = 0.5
+    edge_margin: float = 0.5
 
 
 DIFFICULTIES: dict[str, Difficulty] = {
@@ -76,6 +84,13 @@ DIFFICULTIES: dict[str, Difficulty] = {
     # Small objects (6-38 px on a 128 px image; P2 cells are 4 px) and thin parts: a RoI rounded to
     # the feature grid misplaces such a mask by a large fraction of its width.
     "hard": Difficulty(0.05, 0.30, (0.62, 0.78), (0.28, 0.38), 2, 6),
+    # The demo's set, learnable on a CPU in minutes: 1-3 large shapes (32-77 px on a 128 px image), at
+    # least 60% visible, never cut by the image edge, in colours far from the background, on backgrounds
+    # without noise.
+    "easy": Difficulty(
+        0.25, 0.60, (0.45, 0.6), (0.4, 0.5), 1, 3,
+        min_visible_fraction=0.6, min_colour_distance=150.0, noise_probability=0.0, edge_margin=1.0,
+    ),
 }
 
 
@@ -90,8 +105,10 @@ def synthetic_categories() -> CategoryMap:
     return CategoryMap.from_names(SHAPE_CLASSES, supercategory="shape")
 
 
-def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Solid or linear-gradient background, sometimes noisy; returns (uint8 [S, S, 3], key colours)."""
+def _background(
+    rng: np.random.Generator, size: int, noise_probability: float = 0.5
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Solid or linear-gradient background, noisy with ``noise_probability``; returns (uint8 [S, S, 3], key colours)."""
     start = rng.uniform(0, 255, size=3)
     colours = [start]
     image = np.broadcast_to(start, (size, size, 3)).astype(np.float64)
@@ -103,16 +120,18 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[n
         ramp = xs * math.cos(angle) + ys * math.sin(angle)
         ramp = (ramp - ramp.min()) / max(ramp.max() - ramp.min(), 1e-9)  # [S, S] in 0..1
         image = start + ramp[:, :, None] * (end - start)
-    if rng.random() < 0.5:
+    if rng.random() < noise_probability:
         image = image + rng.normal(0.0, rng.uniform(2.0, 10.0), size=image.shape)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), colours
 
 
-def _shape_colour(rng: np.random.Generator, background_colours: list[np.ndarray]) -> np.ndarray:
-    """A random colour at least MIN_COLOUR_DISTANCE from every background key colour."""
+def _shape_colour(
+    rng: np.random.Generator, background_colours: list[np.ndarray], min_distance: float = MIN_COLOUR_DISTANCE
+) -> np.ndarray:
+    """A random colour at least ``min_distance`` from every background key colour (else the inverse of the first)."""
     for _ in range(64):
         colour = rng.integers(0, 256, size=3)
-        if all(np.linalg.norm(colour - bg) >= MIN_COLOUR_DISTANCE for bg in background_colours):
+        if all(np.linalg.norm(colour - bg) >= min_distance for bg in background_colours):
             return colour.astype(np.uint8)
     return (255 - np.rint(background_colours[0])).astype(np.uint8)  # the inverse is always far enough
 
@@ -130,7 +149,7 @@ def _shape_mask(rng: np.random.Generator, class_index: int, size: int, style: Di
     """Full (unoccluded) mask of one random shape: uint8 [S, S], 1 inside."""
     diameter = size * math.exp(rng.uniform(math.log(style.min_size_fraction), math.log(style.max_size_fraction)))
     radius = diameter / 2
-    margin = min(radius * 0.5, size / 2)
+    margin = min(radius * style.edge_margin, size / 2)
     cx, cy = rng.uniform(margin, size - margin, size=2)
     angle = rng.uniform(0, 2 * math.pi)
     canvas = Image.new("L", (size, size), 0)
@@ -201,18 +220,18 @@ def render_synthetic_image(
     if not 0 <= min_shapes <= max_shapes:
         raise ValueError(f"need 0 <= min_shapes <= max_shapes, got min_shapes={min_shapes}, max_shapes={max_shapes}")
     for _ in range(100):
-        background, background_colours = _background(rng, size)
+        background, background_colours = _background(rng, size, style.noise_probability)
         num_shapes = int(rng.integers(min_shapes, max_shapes + 1))
         classes = [int(c) for c in rng.integers(0, len(SHAPE_CLASSES), size=num_shapes)]
         full_masks = [_shape_mask(rng, c, size, style) for c in classes]
-        colours = [_shape_colour(rng, background_colours) for _ in classes]
+        colours = [_shape_colour(rng, background_colours, style.min_colour_distance) for _ in classes]
         kept = list(range(num_shapes))
         while True:
             visible = _visible_masks([full_masks[i] for i in kept])
             too_hidden = [
                 position
                 for position, index in enumerate(kept)
-                if visible[position].sum() < max(MIN_VISIBLE_PIXELS, MIN_VISIBLE_FRACTION * full_masks[index].sum())
+                if visible[position].sum() < max(MIN_VISIBLE_PIXELS, style.min_visible_fraction * full_masks[index].sum())
             ]
             if not too_hidden:
                 break

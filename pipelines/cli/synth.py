@@ -14,8 +14,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--val", type=int, default=50, help="validation images (default 50)")
     p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--difficulty", choices=["default", "hard"], default="default",
-                   help="hard: smaller shapes (5-30%% of the side), 2-6 per image, thin rings and stars (default: default)")
+    p.add_argument("--difficulty", choices=["default", "hard", "easy"], default="default",
+                   help="hard: smaller shapes (5-30%% of the side), 2-6 per image, thin rings and stars; easy: the demo's "
+                        "set, 1-3 large (25-60%%), mostly visible shapes on noise-free backgrounds (default: default)")
     p.add_argument("--task", choices=["instances", "keypoints"], default="instances",
                    help="keypoints: houses whose 5 corners are keypoints, COCO person-keypoint format (default: instances)")
     p.set_defaults(func=cmd_synth)

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-# The demo measured segm AP 19.6 (docs/results.md); an untrained model scores ~0 (tests/mrcnn/test_learning.py).
+# The demo trains on the synthetic `easy` set (docs/results.md). An untrained model scores ~0
+# (tests/mrcnn/test_learning.py); 80 single-process steps on that set already reach 12.8 on a fresh holdout,
+# and the demo takes ~210 on an idle machine. Raise this to a margin below the demo's measured figure once it
+# has been measured on an idle machine (docs/results.md).
 MIN_SEGM_AP = 12.0
 
 
@@ -24,6 +27,9 @@ def test_demo_runs_end_to_end_and_learns(tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert {"segm_AP", "bbox_AP", "model_uri", "tracking_uri", "workdir"} <= set(summary)
     assert summary["workdir"] == str(workdir.resolve())
+    assert summary["data"].startswith("synthetic shapes, difficulty easy"), summary["data"]
+    annotations = json.loads((workdir / "data" / "val" / "annotations.json").read_text())
+    assert annotations["info"]["difficulty"] == "easy"
     assert summary["segm_AP"] > MIN_SEGM_AP, summary
     assert summary["bbox_AP"] > MIN_SEGM_AP, summary
     assert summary["model_uri"] == "models:/mrcnn-demo@best"

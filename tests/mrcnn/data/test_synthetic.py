@@ -154,8 +154,37 @@ def test_hard_difficulty_is_smaller_thinner_and_more_crowded(tmp_path):
     assert result.rejects == [] and result.num_annotations == len(coco["hard"]["annotations"])
 
 
+def test_easy_difficulty_is_larger_sparser_and_less_occluded(tmp_path):
+    # The demo's set: 1-3 shapes of 25-60% of the side, each at least 60% visible and never cut by the edge.
+    default = make_synthetic_coco(tmp_path / "default", num_train=0, num_val=60, size=128, seed=0)
+    easy = make_synthetic_coco(tmp_path / "easy", num_train=0, num_val=60, size=128, seed=0, difficulty="easy")
+    coco = {name: json.loads(info["val"]["annotations"].read_text()) for name, info in (("default", default), ("easy", easy))}
+    assert coco["easy"]["info"]["difficulty"] == "easy"
+    assert [c["name"] for c in coco["easy"]["categories"]] == list(SHAPE_CLASSES)
+    annotations = coco["easy"]["annotations"]
+    sides = {name: np.median([max(a["bbox"][2:]) for a in c["annotations"]]) for name, c in coco.items()}
+    assert sides["easy"] > 1.4 * sides["default"], sides
+    # A visible side under 25% of 128 px comes only from occlusion, which leaves >= 60% of the area.
+    assert sum(max(a["bbox"][2:]) < 0.25 * 128 * 0.6 for a in annotations) <= len(annotations) // 10
+    assert {a["category_id"] for a in annotations} == {1, 2, 3, 4, 5}
+    per_image = np.bincount([a["image_id"] for a in annotations], minlength=61)[1:]
+    assert per_image.min() >= 1 and per_image.max() <= 3
+
+    def at_edge(c):  # boxes that reach the image edge (a shape touching it by a pixel counts)
+        return sum(min(x, y) <= 0 or max(x + w, y + h) >= 128 for x, y, w, h in (a["bbox"] for a in c["annotations"]))
+
+    assert at_edge(coco["easy"]) <= len(annotations) // 10 < at_edge(coco["default"]), at_edge(coco["default"])
+    result = load_coco(easy["val"]["annotations"], check_decode=True)
+    assert result.rejects == [] and result.num_annotations == len(annotations)
+    # Noise-free backgrounds: a solid background is one colour, a gradient changes smoothly.
+    for path in sorted(easy["val"]["image_dir"].glob("*.png"))[:10]:
+        pixels = load_image(path).astype(np.int64)
+        corner = pixels[:3, :3].reshape(-1, 3)  # no shape reaches a corner
+        assert np.abs(np.diff(corner, axis=0)).max() <= 12, path
+
+
 def test_unknown_difficulty_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match=r"difficulty: expected one of \['default', 'hard'\], got 'extreme'"):
+    with pytest.raises(ValueError, match=r"difficulty: expected one of \['default', 'easy', 'hard'\], got 'extreme'"):
         make_synthetic_coco(tmp_path, num_train=1, num_val=1, difficulty="extreme")
     with pytest.raises(ValueError, match="difficulty"):
-        render_synthetic_image(np.random.default_rng(0), size=64, difficulty="easy")
+        render_synthetic_image(np.random.default_rng(0), size=64, difficulty="trivial")

@@ -20,6 +20,7 @@ from pycocotools import mask as coco_mask
 
 __all__ = [
     "SegmentationError",
+    "crops_to_rles",
     "mask_to_polygons",
     "mask_to_rle",
     "masks_to_rles",
@@ -257,6 +258,76 @@ def masks_to_rles(masks: np.ndarray) -> list[dict]:
     # (as mrcnn.modeling.paste lays them out).
     stacked = np.asfortranarray(binary.transpose(1, 2, 0))
     return [_canonical(rle) for rle in coco_mask.encode(stacked)]
+
+
+def crops_to_rles(packed: np.ndarray, windows: np.ndarray, height: int, width: int) -> tuple[list[dict], np.ndarray]:
+    """Encode masks that are zero outside a window each, from the windows' pixels only.
+
+    The result is what ``masks_to_rles`` gives for the full-size masks: COCO RLE counts are the
+    column-major runs of the H x W mask, starting with a (possibly empty) run of zeros. A run of ones
+    found in the crop at column ``c``, rows ``r0 .. r1`` lies at ``(x0 + c) * H + y0 + r0 ..`` in the full
+    mask; the zeros around and between the crop's columns fill the gaps. Runs that meet across a column
+    boundary (a window spanning the full height) are merged.
+
+    Args:
+        packed (np.ndarray[P] bool or uint8, 0/1): the crops one after the other. Crop i is window i's
+            pixels in column-major order with one 0 after each column: ``(x1 - x0) * (y1 - y0 + 1)`` values
+            (none for an empty window), i.e. a [x1 - x0, y1 - y0 + 1] C-order block whose last row is 0.
+        windows (np.ndarray[D, 4] int): ``x0, y0, x1, y1`` (x1/y1 exclusive), clipped to the image;
+            x1 <= x0 or y1 <= y0 is an empty window (an all-zero mask).
+        height (int): H of the full masks.
+        width (int): W of the full masks.
+
+    Returns:
+        (rles, areas): D compressed RLEs ``{"size": [H, W], "counts": str}`` and np.ndarray[D] int64, the
+        number of foreground pixels of each.
+
+    Raises:
+        ValueError: ``packed`` does not have the length the windows give.
+    """
+    windows = np.asarray(windows, dtype=np.int64).reshape(-1, 4)
+    num = len(windows)
+    if num == 0:
+        return [], np.zeros(0, dtype=np.int64)
+    x0, y0 = windows[:, 0], windows[:, 1]
+    crop_w = np.maximum(windows[:, 2] - x0, 0)
+    crop_h = np.maximum(windows[:, 3] - y0, 0)
+    crop_h[crop_w == 0] = 0
+    crop_w[crop_h == 0] = 0
+    rows = crop_h + 1  # each column plus its 0 separator
+    sizes = crop_w * rows
+    ends_at = np.cumsum(sizes)
+    starts_at = ends_at - sizes
+    packed = np.ascontiguousarray(packed).reshape(-1)
+    if len(packed) != int(ends_at[-1]):
+        raise ValueError(f"packed crops have {len(packed)} values, the windows need {int(ends_at[-1])}")
+    flat = packed.view(np.int8) if packed.dtype in (np.bool_, np.uint8) else (packed != 0).view(np.int8)
+    # Every crop ends with a 0 and begins after one (or at the start), so runs of ones alternate start/end.
+    changes = np.flatnonzero(np.diff(flat, prepend=np.int8(0)))
+    owner = np.searchsorted(ends_at, changes, side="right")  # crop of each change
+    local = changes - starts_at[owner]
+    column, row = np.divmod(local, rows[owner])
+    position = (x0[owner] + column) * height + y0[owner] + row  # in the full mask, column-major
+    run_starts, run_ends = position[0::2], position[1::2]
+    run_owner = owner[0::2]
+    # Merge runs that continue from the bottom of one column into the top of the next.
+    joined = (run_ends[:-1] == run_starts[1:]) & (run_owner[:-1] == run_owner[1:])
+    if joined.any():
+        run_starts, run_owner = run_starts[np.concatenate([[True], ~joined])], run_owner[np.concatenate([[True], ~joined])]
+        run_ends = run_ends[np.concatenate([~joined, [True]])]
+    areas = np.bincount(run_owner, weights=run_ends - run_starts, minlength=num).astype(np.int64)
+    split = np.searchsorted(run_owner, np.arange(1, num))
+    total = height * width
+    uncompressed = []
+    for starts, ends in zip(np.split(run_starts, split), np.split(run_ends, split)):
+        bounds = np.empty(2 * len(starts) + 2, dtype=np.int64)
+        bounds[0], bounds[-1] = 0, total
+        bounds[1:-1:2], bounds[2:-1:2] = starts, ends
+        counts = np.diff(bounds)
+        if len(counts) > 1 and counts[-1] == 0:  # ends with ones: no trailing empty run of zeros
+            counts = counts[:-1]
+        uncompressed.append({"size": [height, width], "counts": counts})
+    return [_canonical(rle) for rle in coco_mask.frPyObjects(uncompressed, height, width)], areas
 
 
 def rle_to_mask(rle: Mapping) -> np.ndarray:

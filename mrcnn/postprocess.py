@@ -1,8 +1,9 @@
 """Detections to records on the model's device: masks pasted and thresholded there, RLE from box crops.
 
 The predictor's fast path. Per image, two copies to the host: the boxes, scores, labels, integer paste boxes
-(and keypoints) as one float64 block, then the packed thresholded crops (``mrcnn.modeling.paste.paste_mask_crops``),
-which ``mrcnn.data.masks.crops_to_rles`` encodes. No full-size mask is made. The records are identical to
+(and keypoints) as one float64 block; then, of the packed thresholded crops
+(``mrcnn.modeling.paste.paste_mask_crops``), only the positions where they change value, from which
+``mrcnn.data.masks.crop_changes_to_rles`` builds the RLE. No full-size mask is made. The records are identical to
 ``mrcnn.predictor.detections_to_records`` on the full-size masks of ``paste_masks_binary``.
 """
 
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 from mrcnn.data.categories import CategoryMap
-from mrcnn.data.masks import crops_to_rles
+from mrcnn.data.masks import crop_changes_to_rles
 from mrcnn.modeling.paste import expanded_int_boxes, paste_mask_crops
 from mrcnn.records import detection_record
 
@@ -96,7 +97,10 @@ def records_from_mask_probs(
         column += 4
         if num:
             packed, windows = paste_mask_crops(probs[:num], int_boxes, image_size, threshold=mask_threshold)
-            rles, pixel_counts = crops_to_rles(packed.cpu().numpy(), windows, *image_size)
+            # Where the crops change value, found on the device: the run boundaries are all the host needs.
+            padded = torch.cat([packed.new_zeros(1), packed])
+            changes = torch.nonzero(padded[1:] != padded[:-1]).flatten()
+            rles, pixel_counts = crop_changes_to_rles(changes.cpu().numpy(), windows, *image_size)
             areas = pixel_counts.astype(float).tolist()
     keypoints: list[list[float] | None] = [None] * num
     keypoint_scores: list[list[float] | None] = [None] * num

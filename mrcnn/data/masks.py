@@ -20,6 +20,7 @@ from pycocotools import mask as coco_mask
 
 __all__ = [
     "SegmentationError",
+    "crop_changes_to_rles",
     "crops_to_rles",
     "mask_to_polygons",
     "mask_to_rle",
@@ -286,24 +287,46 @@ def crops_to_rles(packed: np.ndarray, windows: np.ndarray, height: int, width: i
         ValueError: ``packed`` does not have the length the windows give.
     """
     windows = np.asarray(windows, dtype=np.int64).reshape(-1, 4)
+    packed = np.ascontiguousarray(packed).reshape(-1)
+    needed = int(_crop_layout(windows)[2].sum()) if len(windows) else 0
+    if len(packed) != needed:
+        raise ValueError(f"packed crops have {len(packed)} values, the windows need {needed}")
+    flat = packed.view(np.int8) if packed.dtype in (np.bool_, np.uint8) else (packed != 0).view(np.int8)
+    return crop_changes_to_rles(np.flatnonzero(np.diff(flat, prepend=np.int8(0))), windows, height, width)
+
+
+def _crop_layout(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per window of [D, 4] x0, y0, x1, y1: (crop width, crop height, packed length), empty windows 0."""
+    crop_w = np.maximum(windows[:, 2] - windows[:, 0], 0)
+    crop_h = np.maximum(windows[:, 3] - windows[:, 1], 0)
+    crop_h[crop_w == 0] = 0
+    crop_w[crop_h == 0] = 0
+    return crop_w, crop_h, crop_w * (crop_h + 1)
+
+
+def crop_changes_to_rles(changes: np.ndarray, windows: np.ndarray, height: int, width: int) -> tuple[list[dict], np.ndarray]:
+    """``crops_to_rles`` from the positions where the packed crops change value, not the crops themselves.
+
+    Args:
+        changes (np.ndarray[C] int): ascending indices ``i`` into the packed crops (``crops_to_rles``' layout)
+            where ``packed[i] != packed[i - 1]``, with ``packed[-1]`` taken as 0: the starts and ends of the
+            runs of ones, far fewer values than the crops (computed where the crops are, e.g. on a GPU).
+        windows, height, width: as for ``crops_to_rles``.
+
+    Returns:
+        (rles, areas) as ``crops_to_rles``.
+    """
+    windows = np.asarray(windows, dtype=np.int64).reshape(-1, 4)
     num = len(windows)
     if num == 0:
         return [], np.zeros(0, dtype=np.int64)
+    changes = np.asarray(changes, dtype=np.int64).reshape(-1)
     x0, y0 = windows[:, 0], windows[:, 1]
-    crop_w = np.maximum(windows[:, 2] - x0, 0)
-    crop_h = np.maximum(windows[:, 3] - y0, 0)
-    crop_h[crop_w == 0] = 0
-    crop_w[crop_h == 0] = 0
+    _, crop_h, sizes = _crop_layout(windows)
     rows = crop_h + 1  # each column plus its 0 separator
-    sizes = crop_w * rows
     ends_at = np.cumsum(sizes)
     starts_at = ends_at - sizes
-    packed = np.ascontiguousarray(packed).reshape(-1)
-    if len(packed) != int(ends_at[-1]):
-        raise ValueError(f"packed crops have {len(packed)} values, the windows need {int(ends_at[-1])}")
-    flat = packed.view(np.int8) if packed.dtype in (np.bool_, np.uint8) else (packed != 0).view(np.int8)
     # Every crop ends with a 0 and begins after one (or at the start), so runs of ones alternate start/end.
-    changes = np.flatnonzero(np.diff(flat, prepend=np.int8(0)))
     owner = np.searchsorted(ends_at, changes, side="right")  # crop of each change
     local = changes - starts_at[owner]
     column, row = np.divmod(local, rows[owner])
@@ -313,8 +336,8 @@ def crops_to_rles(packed: np.ndarray, windows: np.ndarray, height: int, width: i
     # Merge runs that continue from the bottom of one column into the top of the next.
     joined = (run_ends[:-1] == run_starts[1:]) & (run_owner[:-1] == run_owner[1:])
     if joined.any():
-        run_starts, run_owner = run_starts[np.concatenate([[True], ~joined])], run_owner[np.concatenate([[True], ~joined])]
-        run_ends = run_ends[np.concatenate([~joined, [True]])]
+        first = np.concatenate([[True], ~joined])
+        run_starts, run_owner, run_ends = run_starts[first], run_owner[first], run_ends[np.concatenate([~joined, [True]])]
     areas = np.bincount(run_owner, weights=run_ends - run_starts, minlength=num).astype(np.int64)
     split = np.searchsorted(run_owner, np.arange(1, num))
     total = height * width

@@ -41,10 +41,10 @@ def expanded_int_boxes(boxes: Tensor, *, mask_size: int, padding: int = 1) -> Te
     return torch.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], dim=1).to(torch.int64)
 
 
-def _thresholded_crops(
-    mask_probs: Tensor, int_boxes: Sequence[Sequence[int]], image_size: tuple[int, int], threshold: float
+def _window_probs(
+    mask_probs: Tensor, int_boxes: Sequence[Sequence[int]], image_size: tuple[int, int]
 ) -> Iterator[tuple[int, tuple[int, int, int, int], Tensor]]:
-    """Per instance with a non-empty window: (index, window x0, y0, x1, y1 (exclusive), Tensor[h, w] bool)."""
+    """Per instance with a non-empty window: (index, window x0, y0, x1, y1 (exclusive), its probabilities [h, w])."""
     H, W = image_size
     padded = F.pad(mask_probs, (1, 1, 1, 1))  # [D, 1, M + 2, M + 2]
     for index, (x0, y0, x1, y1) in enumerate(int_boxes):
@@ -55,7 +55,7 @@ def _thresholded_crops(
         if cx0 >= cx1 or cy0 >= cy1:
             continue
         resized = F.interpolate(padded[index : index + 1], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-        yield index, (cx0, cy0, cx1, cy1), resized[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] >= threshold
+        yield index, (cx0, cy0, cx1, cy1), resized[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
 
 
 def paste_masks_binary(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int], *, threshold: float = 0.5) -> Tensor:
@@ -77,8 +77,8 @@ def paste_masks_binary(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int,
     if D == 0:
         return out
     int_boxes = expanded_int_boxes(boxes, mask_size=M).tolist()
-    for index, (x0, y0, x1, y1), crop in _thresholded_crops(mask_probs, int_boxes, image_size, threshold):
-        out[index, y0:y1, x0:x1] = crop
+    for index, (x0, y0, x1, y1), probs in _window_probs(mask_probs, int_boxes, image_size):
+        torch.ge(probs, threshold, out=out[index, y0:y1, x0:x1])
     return out
 
 
@@ -112,7 +112,7 @@ def paste_mask_crops(
     packed = torch.zeros(offsets[-1], dtype=torch.bool, device=mask_probs.device)
     if offsets[-1] == 0:
         return packed, windows
-    for index, (x0, y0, x1, y1), crop in _thresholded_crops(mask_probs, int_boxes, image_size, threshold):
-        block = packed[offsets[index] : offsets[index + 1]].view(x1 - x0, y1 - y0 + 1)
-        block[:, : y1 - y0] = crop.t()
+    for index, (x0, y0, x1, y1), probs in _window_probs(mask_probs, int_boxes, image_size):
+        block = packed[offsets[index] : offsets[index + 1]].view(x1 - x0, y1 - y0 + 1)  # column by column
+        torch.ge(probs.t(), threshold, out=block[:, : y1 - y0])
     return packed, windows

@@ -117,7 +117,7 @@ def main() -> None:
                                     warmup=args.warmup, repeats=args.repeats)
     print(f"records identical (full-size masks vs box crops, {args.images} images): {identical}")
     base = results["full-size masks"][0]
-    print(f"\n| path | device | detections | image | ms per image | speed-up |")
+    print("\n| path | device | detections | image | ms per image | speed-up |")
     print("|---|---|---|---|---|---|")
     for name, (med, lo, hi) in results.items():
         print(f"| {name} | {device.type} | {args.detections} | {size[0]}x{size[1]} | {med * 1000:.1f} ({lo * 1000:.1f}-{hi * 1000:.1f}) "

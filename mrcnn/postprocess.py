@@ -3,8 +3,8 @@
 The predictor's fast path. Per image, two copies to the host: the boxes, scores, labels, integer paste boxes
 (and keypoints) as one float64 block; then, of the packed thresholded crops
 (``mrcnn.modeling.paste.paste_mask_crops``), only the positions where they change value, from which
-``mrcnn.data.masks.crop_changes_to_rles`` builds the RLE. No full-size mask is made. The records are identical to
-``mrcnn.predictor.detections_to_records`` on the full-size masks of ``paste_masks_binary``.
+``mrcnn.data.mask_crops.crop_changes_to_rles`` builds the RLE. No full-size mask is made. The records are
+identical to ``mrcnn.predictor.detections_to_records`` on the full-size masks of ``paste_masks_binary``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from mrcnn.data.categories import CategoryMap
-from mrcnn.data.masks import crop_changes_to_rles
+from mrcnn.data.mask_crops import crop_changes_to_rles
 from mrcnn.modeling.paste import expanded_int_boxes, paste_mask_crops
 from mrcnn.records import detection_record
 

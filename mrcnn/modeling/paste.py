@@ -11,7 +11,7 @@ the order COCO's RLE encoder reads, so ``mrcnn.data.masks.masks_to_rles`` encode
 
 ``paste_mask_crops`` computes the same pixels but keeps only each instance's window (its pasted box clipped
 to the image; the mask is zero outside it), packed into one flat tensor for one copy to the host, where
-``mrcnn.data.masks.crops_to_rles`` encodes them. All of it runs on the probabilities' device; the only
+``mrcnn.data.mask_crops.crops_to_rles`` encodes them. All of it runs on the probabilities' device; the only
 host values it needs are the integer boxes.
 """
 
@@ -95,7 +95,7 @@ def paste_mask_crops(
 
     Returns:
         (packed, windows): packed is Tensor[P] bool on ``mask_probs``' device, window i's pixels column by
-        column, each column followed by one False (the layout ``mrcnn.data.masks.crops_to_rles`` reads);
+        column, each column followed by one False (the layout ``mrcnn.data.mask_crops.crops_to_rles`` reads);
         windows are the D clipped windows (x0, y0, x1, y1), x1/y1 exclusive, (0, 0, 0, 0) where the pasted
         box misses the image. ``paste_masks_binary``'s mask i is ``packed``'s crop i placed at window i,
         zero elsewhere.

@@ -10,6 +10,9 @@ Rows: 1. inference, `Predictor.predict` (optimized model, RLE records) against t
 (benchmarks/bench_inference.py); 2. R50-FPN training steps against torchvision's model with the same
 set-up (benchmarks/bench_train_step.py; on CUDA ours runs NCHW, on CPUs channels-last as `mrcnn train`
 does), in fp32 and under bf16/fp16 autocast, batch 1 and 8; and our `r18_fpn_small` training step.
+3. (``--only postprocess``) post-processing alone, full-size masks against box crops
+(benchmarks/bench_postprocess.py), and a whole `Predictor.predict` per photo at the default thresholds and
+at score 0 against torchvision's model call, which includes its own paste (goal on an H100/H200: <= 25 ms).
 """
 
 from __future__ import annotations
@@ -105,6 +108,54 @@ def bench_inference(args, device, rows):
                          "note": "ours includes RLE encoding of masks"})
 
 
+def bench_postprocess(args, device, rows):
+    """Post-processing alone (bench_postprocess.py: 100 detections, full-size path vs crops), then a whole
+    ``Predictor.predict`` per photo against torchvision's model call (which pastes its own masks), at the
+    default thresholds (score 0.5, mask 0.5) and at score 0 (100 detections, as with trained weights).
+    The goal on an H100/H200: predict <= 25 ms per photo, and never slower than torchvision."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    from bench_postprocess import time_paths
+
+    size = (args.size, round(args.size * 4 / 3))
+    times, identical = time_paths(device, size=size, detections=100, images=2, warmup=args.warmup, repeats=args.repeats)
+    rows.append({"bench": f"post-processing 100 det {size[0]}x{size[1]} (left: full-size masks, right: crops; "
+                          f"records identical: {identical})",
+                 "dtype": "fp32", "batch": 1, "torchvision_s": times["full-size masks"], "ours_s": times["box crops"]})
+    images_np = [load_image(p) for p in PHOTOS[: args.photos]]
+    for score in (0.5, 0.0):
+        torch.manual_seed(0)
+        max_size = int(args.size * 1333 / 800)
+        tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=score, min_size=args.size,
+                                   max_size=max_size).eval().to(device)
+        cfg = get_preset("r50_fpn").replace(**{"model.input.min_size": [args.size], "model.input.max_size": max_size,
+                                               "model.box_head.score_thresh": score})
+        ours = build_model(cfg)
+        ours.load_state_dict(tv.state_dict())
+        predictor = Predictor(ours, config=cfg, categories=_categories(cfg), device=device, score_threshold=score)
+        tensors = [image_to_tensor(img).to(device) for img in images_np]
+
+        def run_tv():
+            with torch.inference_mode():
+                for tensor in tensors:
+                    tv([tensor])
+
+        detections = []
+
+        def run_ours():
+            detections[:] = [len(predictor.predict([image])[0]) for image in images_np]
+
+        t_tv = _time(run_tv, device=device, warmup=args.warmup, repeats=args.repeats)
+        t_ours = _time(run_ours, device=device, warmup=args.warmup, repeats=args.repeats)
+        per_photo = [tuple(t / len(images_np) for t in times) for times in (t_tv, t_ours)]
+        rows.append({"bench": f"Predictor.predict per photo, score > {score} ({sum(detections) / len(images_np):.0f} det/photo; "
+                              "goal <= 25 ms)",
+                     "dtype": "fp32", "batch": 1, "torchvision_s": per_photo[0], "ours_s": per_photo[1]})
+        del tv, ours, predictor
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def _categories(cfg):
     from mrcnn.data.categories import CategoryMap
 
@@ -182,7 +233,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--only", choices=["inference", "train"], default=None)
+    parser.add_argument("--only", choices=["inference", "postprocess", "train"], default=None)
+    parser.add_argument("--photos", type=int, default=len(PHOTOS), help="photos per pass in the predict-per-photo rows")
     parser.add_argument("--json-out", help="also write the rows as json here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -195,6 +247,8 @@ def main() -> None:
     rows: list[dict] = []
     if args.only in (None, "inference"):
         bench_inference(args, device, rows)
+    if args.only in (None, "postprocess"):
+        bench_postprocess(args, device, rows)
     if args.only in (None, "train"):
         bench_train_vs_torchvision(args, device, rows)
         bench_train(args, device, rows)

@@ -21,7 +21,7 @@ from mrcnn.data.images import load_image
 from mrcnn.data.masks import masks_to_rles
 from mrcnn.inference import optimize_for_inference
 from mrcnn.modeling import MaskRCNN
-from mrcnn.records import detection_record
+from mrcnn.postprocess import build_records, records_from_mask_probs
 
 
 def detections_to_records(
@@ -56,22 +56,16 @@ def detections_to_records(
     if "keypoints" in detection:
         keypoints = detection["keypoints"][:num].flatten(start_dim=1).tolist()  # [D, 3K]
         keypoint_scores = detection["keypoints_scores"][:num].tolist()
-    return [
-        detection_record(
-            label=label,
-            category_id=categories.category_id_of(label),
-            category_name=categories.name_of_label(label),
-            score=score,
-            box_xyxy=box,
-            segmentation=rle,
-            area=area,
-            keypoints=points,
-            keypoint_scores=point_scores,
-        )
-        for label, score, box, rle, area, points, point_scores in zip(
-            labels, scores, boxes, rles, areas, keypoints, keypoint_scores
-        )
-    ]
+    return build_records(
+        categories,
+        labels=labels,
+        scores=scores,
+        boxes=boxes,
+        rles=rles,
+        areas=areas,
+        keypoints=keypoints,
+        keypoint_scores=keypoint_scores,
+    )
 
 
 class Predictor:
@@ -180,11 +174,23 @@ class Predictor:
             score_threshold: overrides the predictor's threshold for this call.
             max_detections: keep at most this many per image.
         """
-        raw = self.predict_raw(images, score_threshold=score_threshold)
-        return [
-            detections_to_records(d, self.categories, mask_threshold=self.mask_threshold, max_detections=max_detections)
-            for d in raw
-        ]
+        threshold = self.score_threshold if score_threshold is None else score_threshold
+        with torch.inference_mode():
+            tensors = [image_to_tensor(img).to(self.device) for img in images]
+            with self._autocast():
+                # Masks stay unpasted: mrcnn.postprocess pastes each box's crop on the device and encodes
+                # the RLE from the crops (same records as pasting full-size masks, far less to copy and scan).
+                detections = self.inference_model(tensors, score_threshold=threshold, paste_masks=False).detections
+                return [
+                    records_from_mask_probs(
+                        detection,
+                        self.categories,
+                        (image.shape[-2], image.shape[-1]),
+                        mask_threshold=self.mask_threshold,
+                        max_detections=max_detections,
+                    )
+                    for detection, image in zip(detections, tensors)
+                ]
 
     def predict_each(
         self,

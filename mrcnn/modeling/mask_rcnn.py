@@ -51,6 +51,7 @@ class MaskRCNN(nn.Module):
         *,
         mask_threshold: float | None = None,
         score_threshold: float | None = None,
+        paste_masks: bool = True,
     ) -> ModelOutput:
         """
         Args:
@@ -63,6 +64,9 @@ class MaskRCNN(nn.Module):
                 (``mrcnn.modeling.paste``); the fast path of ``mrcnn.Predictor``.
             score_threshold: class probability at or below which a detection is dropped (eval mode), for this
                 call only; default the RoI heads' ``score_thresh`` (the config's ``box_head.score_thresh``).
+            paste_masks: False: detections carry ``mask_probs`` (Tensor[D, 1, M, M], the mask head's
+                probabilities, not pasted) instead of ``masks``, for a caller that pastes them itself
+                (``mrcnn.postprocess``); ``mask_threshold`` is then unused.
 
         Returns:
             ModelOutput(losses, detections); see its docstring.
@@ -86,7 +90,9 @@ class MaskRCNN(nn.Module):
             features, proposals, image_list.image_sizes, targets, score_threshold=score_threshold
         )
         if detections:
-            detections = self._postprocess(detections, image_list.image_sizes, original_sizes, mask_threshold=mask_threshold)
+            detections = self._postprocess(
+                detections, image_list.image_sizes, original_sizes, mask_threshold=mask_threshold, paste_masks=paste_masks
+            )
         return ModelOutput(losses={**proposal_losses, **detector_losses}, detections=detections)
 
     def _postprocess(
@@ -96,8 +102,16 @@ class MaskRCNN(nn.Module):
         original_sizes: list[tuple[int, int]],
         *,
         mask_threshold: float | None,
+        paste_masks: bool = True,
     ) -> list[dict[str, Tensor]]:
-        """Boxes (and keypoints) back to the original images; masks pasted as probabilities or binary."""
+        """Boxes (and keypoints) back to the original images; masks pasted as probabilities or binary, or not."""
+        if not paste_masks:
+            mask_probs = [d.pop("masks", None) for d in detections]
+            detections = self.transform.postprocess(detections, image_sizes, original_sizes)
+            for detection, probs in zip(detections, mask_probs):
+                if probs is not None:
+                    detection["mask_probs"] = probs
+            return detections
         if mask_threshold is None:
             return self.transform.postprocess(detections, image_sizes, original_sizes)
         mask_probs = [d.pop("masks", None) for d in detections]

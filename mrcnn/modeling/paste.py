@@ -8,9 +8,16 @@ bool tensor. The result is bit-identical to thresholding torchvision's pasted pr
 
 The output is laid out column-major per instance (``[D, W, H]`` storage viewed as ``[D, H, W]``), which is
 the order COCO's RLE encoder reads, so ``mrcnn.data.masks.masks_to_rles`` encodes it without a copy.
+
+``paste_mask_crops`` computes the same pixels but keeps only each instance's window (its pasted box clipped
+to the image; the mask is zero outside it), packed into one flat tensor for one copy to the host, where
+``mrcnn.data.mask_crops.crops_to_rles`` encodes them. All of it runs on the probabilities' device; the only
+host values it needs are the integer boxes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +41,23 @@ def expanded_int_boxes(boxes: Tensor, *, mask_size: int, padding: int = 1) -> Te
     return torch.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], dim=1).to(torch.int64)
 
 
+def _window_probs(
+    mask_probs: Tensor, int_boxes: Sequence[Sequence[int]], image_size: tuple[int, int]
+) -> Iterator[tuple[int, tuple[int, int, int, int], Tensor]]:
+    """Per instance with a non-empty window: (index, window x0, y0, x1, y1 (exclusive), its probabilities [h, w])."""
+    H, W = image_size
+    padded = F.pad(mask_probs, (1, 1, 1, 1))  # [D, 1, M + 2, M + 2]
+    for index, (x0, y0, x1, y1) in enumerate(int_boxes):
+        w = max(x1 - x0 + 1, 1)
+        h = max(y1 - y0 + 1, 1)
+        cx0, cx1 = max(x0, 0), min(x1 + 1, W)
+        cy0, cy1 = max(y0, 0), min(y1 + 1, H)
+        if cx0 >= cx1 or cy0 >= cy1:
+            continue
+        resized = F.interpolate(padded[index : index + 1], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        yield index, (cx0, cy0, cx1, cy1), resized[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+
+
 def paste_masks_binary(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int], *, threshold: float = 0.5) -> Tensor:
     """Binary full-image masks from per-detection mask probabilities.
 
@@ -52,15 +76,43 @@ def paste_masks_binary(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int,
     out = torch.zeros((D, W, H), dtype=torch.bool, device=mask_probs.device).transpose(1, 2)  # [D, H, W] view
     if D == 0:
         return out
-    padded = F.pad(mask_probs, (1, 1, 1, 1))  # [D, 1, M + 2, M + 2]
     int_boxes = expanded_int_boxes(boxes, mask_size=M).tolist()
-    for index, (x0, y0, x1, y1) in enumerate(int_boxes):
-        w = max(x1 - x0 + 1, 1)
-        h = max(y1 - y0 + 1, 1)
+    for index, (x0, y0, x1, y1), probs in _window_probs(mask_probs, int_boxes, image_size):
+        torch.ge(probs, threshold, out=out[index, y0:y1, x0:x1])
+    return out
+
+
+def paste_mask_crops(
+    mask_probs: Tensor, int_boxes: Sequence[Sequence[int]], image_size: tuple[int, int], *, threshold: float = 0.5
+) -> tuple[Tensor, list[tuple[int, int, int, int]]]:
+    """``paste_masks_binary``'s masks, but only each instance's window, packed for ``crops_to_rles``.
+
+    Args:
+        mask_probs (Tensor[D, 1, M, M]): probabilities of each detection's class (any device).
+        int_boxes: D host-side ``expanded_int_boxes(boxes, mask_size=M)`` rows (x0, y0, x1, y1 ints).
+        image_size: (H, W) of the output image.
+        threshold: a pixel is foreground when its probability is >= threshold.
+
+    Returns:
+        (packed, windows): packed is Tensor[P] bool on ``mask_probs``' device, window i's pixels column by
+        column, each column followed by one False (the layout ``mrcnn.data.mask_crops.crops_to_rles`` reads);
+        windows are the D clipped windows (x0, y0, x1, y1), x1/y1 exclusive, (0, 0, 0, 0) where the pasted
+        box misses the image. ``paste_masks_binary``'s mask i is ``packed``'s crop i placed at window i,
+        zero elsewhere.
+    """
+    H, W = image_size
+    windows = []
+    for x0, y0, x1, y1 in int_boxes:
         cx0, cx1 = max(x0, 0), min(x1 + 1, W)
         cy0, cy1 = max(y0, 0), min(y1 + 1, H)
-        if cx0 >= cx1 or cy0 >= cy1:
-            continue
-        resized = F.interpolate(padded[index : index + 1], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-        out[index, cy0:cy1, cx0:cx1] = resized[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] >= threshold
-    return out
+        windows.append((cx0, cy0, cx1, cy1) if cx0 < cx1 and cy0 < cy1 else (0, 0, 0, 0))
+    offsets = [0]
+    for x0, y0, x1, y1 in windows:
+        offsets.append(offsets[-1] + (x1 - x0) * (y1 - y0 + 1))
+    packed = torch.zeros(offsets[-1], dtype=torch.bool, device=mask_probs.device)
+    if offsets[-1] == 0:
+        return packed, windows
+    for index, (x0, y0, x1, y1), probs in _window_probs(mask_probs, int_boxes, image_size):
+        block = packed[offsets[index] : offsets[index + 1]].view(x1 - x0, y1 - y0 + 1)  # column by column
+        torch.ge(probs.t(), threshold, out=block[:, : y1 - y0])
+    return packed, windows

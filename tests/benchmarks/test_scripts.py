@@ -35,6 +35,22 @@ def test_gpu_check_runs_on_cpu():
     assert benches == ["train step r50_fpn 64px vs torchvision", "train step r18_fpn_small 128px"]
 
 
+def test_gpu_check_postprocess_rows_run_on_cpu():
+    output = _run("gpu_check.py", "--device", "cpu", "--size", "64", "--repeats", "1", "--warmup", "0", "--photos", "1",
+                  "--only", "postprocess")
+    benches = [row[0] for row in _table_rows(output)[1:]]
+    assert len(benches) == 3 and "records identical: True" in benches[0]
+    assert [b.split(" (")[0] for b in benches[1:]] == ["Predictor.predict per photo, score > 0.5",
+                                                       "Predictor.predict per photo, score > 0.0"]
+
+
+def test_bench_postprocess_checks_identical_records():
+    output = _run("bench_postprocess.py", "--size", "48", "--detections", "20", "--images", "2", "--repeats", "1",
+                  "--warmup", "0")
+    assert "records identical (full-size masks vs box crops, 2 images): True" in output
+    assert [row[0] for row in _table_rows(output)[1:]] == ["full-size masks", "box crops"]
+
+
 def test_bench_inference_reports_agreement_and_speed():
     output = _run("bench_inference.py", "--size", "64", "--images", "1", "--repeats", "1", "--variants", "torchvision", "predictor",
                   "predictor_plain", "--stages")

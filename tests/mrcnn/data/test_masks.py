@@ -186,3 +186,4 @@ def test_mask_to_polygons_rasterise_back_to_the_mask(seed):
     assert all(len(p) >= 8 and len(p) % 2 == 0 for p in polygons)
     back = rle_to_mask(segmentation_to_rle(polygons, height=H, width=W))
     np.testing.assert_array_equal(back.astype(bool), _fill_holes(blobs))
+

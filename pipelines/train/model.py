@@ -28,14 +28,17 @@ def read_init_source(uri: str, *, tracking_uri: str | None = None) -> InitSource
         ValueError: one line naming the URI (or file) and why: unknown model, alias, version or run, no such
             file, or (``CheckpointError``) not a Mask R-CNN state dict or checkpoint.
     """
+    import tempfile
+
     from mrcnn.pretrained import load_init_source
     from pipelines.tracking import resolve_model_uri
 
-    try:
-        path = resolve_model_uri(uri, tracking_uri=tracking_uri or None)
-    except ValueError as exc:
-        raise ValueError(f"init_from: {exc}") from None
-    state, categories, description = load_init_source(path)
+    with tempfile.TemporaryDirectory(prefix="mrcnn-init-from-") as downloads:  # a model URI's download, read at once
+        try:
+            path = resolve_model_uri(uri, tracking_uri=tracking_uri or None, dst_dir=downloads)
+        except ValueError as exc:
+            raise ValueError(f"init_from: {exc}") from None
+        state, categories, description = load_init_source(path)
     if str(path) != uri:
         description = f"{uri}: {description}"
     return InitSource(state=state, categories=categories.to_list(), description=description)

@@ -75,7 +75,9 @@ def save_checkpoint(
 
     Args:
         model: the model (a DDP wrapper is unwrapped).
-        metadata: builtins only (str, int, float, bool, lists, dicts), e.g. step, metrics, git commit.
+        metadata: builtins only (str, int, float, bool, lists, dicts), e.g. step, metrics, git commit;
+            ``mrcnn train`` puts an evaluated checkpoint's per-class score thresholds under ``thresholds``
+            (:meth:`mrcnn.thresholds.CalibratedThresholds.to_dict`).
         training_state: optimizer / scheduler / scaler state dicts and counters for resuming.
     """
     module = model.module if hasattr(model, "module") else model

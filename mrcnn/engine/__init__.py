@@ -14,14 +14,24 @@ import torch
 from torch import Tensor, nn
 
 from mrcnn.config import SolverConfig
-from mrcnn.engine.evaluation import evaluate_model, predict_coco_results
-from mrcnn.engine.hooks import BestModel, Checkpointer, HookBase, LRSchedule, MetricLogger, PeriodicEvaluation
+from mrcnn.engine.evaluation import Evaluation, evaluate_model, predict_coco_results, run_evaluation
+from mrcnn.engine.hooks import (
+    BestModel,
+    Checkpointer,
+    EarlyStopping,
+    HookBase,
+    LRSchedule,
+    MetricLogger,
+    PeriodicEvaluation,
+)
 from mrcnn.engine.step import NonFiniteLossError, train_step
 from mrcnn.engine.trainer import Trainer, TrainState
 
 __all__ = [
     "BestModel",
     "Checkpointer",
+    "EarlyStopping",
+    "Evaluation",
     "HookBase",
     "LRSchedule",
     "MetricLogger",
@@ -32,6 +42,7 @@ __all__ = [
     "evaluate_model",
     "fit",
     "predict_coco_results",
+    "run_evaluation",
     "train_step",
 ]
 

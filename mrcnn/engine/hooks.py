@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mrcnn.config import SolverConfig
+from mrcnn.engine.evaluation import Evaluation
 from mrcnn.solver import lr_factor, set_lr
 
 if TYPE_CHECKING:
@@ -60,14 +61,17 @@ class LRSchedule(HookBase):
 
 
 class PeriodicEvaluation(HookBase):
-    """Evaluates every ``period`` steps (not at the last one) and once after training.
+    """Evaluates every ``period`` steps (not at the last one) and once after training (unless the loop
+    stopped right after an evaluation, e.g. early stopping: that one is the final evaluation).
 
     Args:
-        evaluate: returns ``{iou_type: {"AP": ..., ...}}`` (``evaluate_model``'s output) for the current
-            weights; it leaves the model in train mode.
+        evaluate: returns an :class:`~mrcnn.engine.evaluation.Evaluation` (``run_evaluation``'s output: the
+            metrics, validation losses and results records) or only the metrics ``{iou_type: {"AP": ...}}``
+            (``evaluate_model``'s output) for the current weights; it leaves the model in train mode.
         period: steps between evaluations (0: only after training).
 
-    The result goes to ``trainer.eval_results`` with ``trainer.eval_iteration`` = the step it belongs to.
+    The result goes to ``trainer.evaluation`` and its metrics to ``trainer.eval_results``, with
+    ``trainer.eval_iteration`` = the step it belongs to.
     """
 
     def __init__(self, evaluate: Callable[[], EvalResults], period: int):
@@ -80,16 +84,25 @@ class PeriodicEvaluation(HookBase):
             self._run()
 
     def after_train(self) -> None:
-        self._run()
+        if fresh_evaluation(self.trainer) is None:
+            self._run()
 
     def _run(self) -> None:
-        self.trainer.eval_results = self.evaluate()
+        output = self.evaluate()
+        evaluation = output if isinstance(output, Evaluation) else Evaluation(metrics=output)
+        self.trainer.evaluation = evaluation
+        self.trainer.eval_results = evaluation.metrics
         self.trainer.eval_iteration = self.trainer.state.iteration
 
 
 def fresh_eval(trainer: Trainer) -> EvalResults | None:
-    """The evaluation of the current step, or None when none ran at this step."""
+    """The metrics of the evaluation of the current step, or None when none ran at this step."""
     return trainer.eval_results if trainer.eval_iteration == trainer.state.iteration else None
+
+
+def fresh_evaluation(trainer: Trainer) -> Evaluation | None:
+    """The :class:`~mrcnn.engine.evaluation.Evaluation` of the current step, or None when none ran at this step."""
+    return trainer.evaluation if trainer.eval_iteration == trainer.state.iteration else None
 
 
 class BestModel(HookBase):
@@ -109,6 +122,7 @@ class BestModel(HookBase):
         self.metric = metric
         self._key = (iou_type, statistic)
         self.improved = False
+        self._selected_at = -1
 
     def before_train(self) -> None:
         self.trainer.state.best_metric_name = self.metric
@@ -121,12 +135,44 @@ class BestModel(HookBase):
 
     def _select(self) -> None:
         results = fresh_eval(self.trainer)
+        state = self.trainer.state
+        if results is not None and self._selected_at == state.iteration:
+            return  # after_train of a loop stopped right after an evaluation: that one was selected already
+        self._selected_at = state.iteration if results is not None else self._selected_at
         iou_type, statistic = self._key
         value = (results or {}).get(iou_type, {}).get(statistic)
-        state = self.trainer.state
         self.improved = value is not None and float(value) > state.best_metric
         if self.improved:
             state.best_metric = float(value)
+            state.evals_since_best = 0
+        elif results is not None:
+            state.evals_since_best += 1
+
+
+class EarlyStopping(HookBase):
+    """Stops the loop after ``patience`` evaluations in a row without a better selection metric.
+
+    Args:
+        best: the selection hook (registered before this one); its ``state.evals_since_best`` counts the
+            evaluations since the best one.
+        patience: evaluations without improvement to allow (>= 1).
+        print_fn: where the line saying why training stopped goes (default ``print`` with flush).
+    """
+
+    def __init__(self, best: BestModel, patience: int, *, print_fn: Callable[[str], None] | None = None):
+        if patience < 1:
+            raise ValueError(f"EarlyStopping: patience must be >= 1, got {patience}")
+        self.best = best
+        self.patience = patience
+        self.print_fn = print_fn or (lambda line: print(line, flush=True))
+
+    def after_step(self) -> None:
+        state = self.trainer.state
+        if fresh_eval(self.trainer) is not None and state.evals_since_best >= self.patience:
+            reason = (f"early stopping at iteration {state.iteration}: {state.evals_since_best} evaluations without a "
+                      f"better {self.best.metric} than {state.best_metric:.2f}")  # fmt: skip
+            self.print_fn(f"[train] {reason}")
+            self.trainer.request_stop(reason)
 
 
 class Checkpointer(HookBase):
@@ -145,12 +191,13 @@ class Checkpointer(HookBase):
 
 
 class MetricLogger(HookBase):
-    """Writes every step's record and prints a progress line at the first step and every ``period``.
+    """Writes every step's record and prints a progress line at the first step and every ``period``;
+    at every evaluation writes the validation losses and prints the evaluation's line.
 
     Args:
         write: receives ``({"train/<name>": value}, step)`` for every step's record (``lr``,
-            ``images_per_s``, ``step_s`` and ``data_wait_s`` in seconds, ``loss`` and each ``loss_*``);
-            None: print only.
+            ``images_per_s``, ``step_s`` and ``data_wait_s`` in seconds, ``loss`` and each ``loss_*``), and
+            ``({"val/loss": ..., "val/loss_*": ...}, step)`` at every evaluation with losses; None: print only.
         period: steps between progress lines (0: none).
         prefix: starts every line.
         print_fn: where lines go (default ``print`` with flush).
@@ -168,8 +215,25 @@ class MetricLogger(HookBase):
         self.period = period
         self.prefix = prefix
         self.print_fn = print_fn or (lambda line: print(line, flush=True))
+        self._logged_eval = -1
+
+    def after_train(self) -> None:
+        self._log_evaluation()
+
+    def _log_evaluation(self) -> None:
+        """The fresh evaluation's val losses (``write``) and one line with its APs and loss, once per evaluation."""
+        evaluation, step = fresh_evaluation(self.trainer), self.trainer.state.iteration
+        if evaluation is None or self._logged_eval == step:
+            return
+        self._logged_eval = step
+        if self.write is not None and evaluation.losses:
+            self.write({f"val/{k}": v for k, v in evaluation.losses.items()}, step)
+        aps = [f"{iou_type} AP {stats['AP']:.1f}" for iou_type, stats in evaluation.metrics.items() if "AP" in stats]
+        loss = [f"val loss {evaluation.losses['loss']:.3f}"] if "loss" in evaluation.losses else []
+        self.print_fn(f"{self.prefix} evaluation at iteration {step}: {'  '.join(aps + loss)}")
 
     def after_step(self) -> None:
+        self._log_evaluation()
         state, record = self.trainer.state, self.trainer.record
         if self.write is not None:
             self.write({f"train/{k}": v for k, v in record.items() if k != "iteration"}, state.iteration)

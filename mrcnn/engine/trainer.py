@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from mrcnn.engine.step import train_step
 
 if TYPE_CHECKING:
+    from mrcnn.engine.evaluation import Evaluation
     from mrcnn.engine.hooks import HookBase
 
 Batch = tuple[list[Tensor], list[dict[str, Any]]]
@@ -37,6 +38,7 @@ class TrainState:
         lr: the learning rate of the latest step.
         best_metric: the best value so far of the selection metric (-1: none evaluated yet).
         best_metric_name: what ``best_metric`` measures, e.g. ``segm_AP`` (percent, COCO AP).
+        evals_since_best: evaluations since the one that set ``best_metric`` (early stopping counts them).
         history: one record per step: ``{"iteration", "lr", "images_per_s", "step_s", "data_wait_s",
             "loss", "loss_*"}``.
     """
@@ -48,6 +50,7 @@ class TrainState:
     lr: float = 0.0
     best_metric: float = -1.0
     best_metric_name: str = ""
+    evals_since_best: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
     # Keys of loop states written before they got their present names (checkpoints still resume).
@@ -88,11 +91,16 @@ class Trainer:
         state: the state to continue from (a resume); default a fresh :class:`TrainState`.
         sync_elapsed: maps this process's elapsed seconds to the value all replicas agree on (the
             maximum over ranks under DDP), so every replica takes the same time-based decisions.
+        sync_stop: maps whether this process asked to stop (:meth:`request_stop`) to whether any replica
+            did (under DDP an all-reduce; every replica calls it after every step while budget is left), so
+            every replica stops at the same step.
 
     Attributes hooks read:
         state, model, optimizer, progress(); after ``run_step``: ``batch`` (the step's images and
         targets, on ``device``), ``losses`` (``train_step``'s floats), ``record`` (the step's history
-        entry); ``eval_results`` and ``eval_iteration`` (set by an evaluation hook).
+        entry); ``evaluation`` (an :class:`~mrcnn.engine.evaluation.Evaluation`), its metrics
+        ``eval_results`` and ``eval_iteration`` (set by an evaluation hook); ``stop_reason`` (None until
+        :meth:`request_stop`).
     """
 
     def __init__(
@@ -110,6 +118,7 @@ class Trainer:
         world_size: int = 1,
         state: TrainState | None = None,
         sync_elapsed: Callable[[float], float] | None = None,
+        sync_stop: Callable[[bool], bool] | None = None,
     ):
         if max_iters < 1:
             raise ValueError(f"Trainer: max_iters must be >= 1, got {max_iters}")
@@ -125,11 +134,14 @@ class Trainer:
         self.world_size = world_size
         self.state = state if state is not None else TrainState()
         self.sync_elapsed = sync_elapsed or (lambda seconds: seconds)
+        self.sync_stop = sync_stop or (lambda stop: stop)
         self.batch: Batch | None = None
         self.losses: dict[str, float] = {}
         self.record: dict[str, float] = {}
+        self.evaluation: Evaluation | None = None
         self.eval_results: dict[str, dict[str, Any]] | None = None
         self.eval_iteration = -1
+        self.stop_reason: str | None = None
         self._hooks: list[HookBase] = []
         self._start = 0.0
         self._batches: Iterator[Batch] | None = None
@@ -141,13 +153,23 @@ class Trainer:
                 hook.trainer = self
                 self._hooks.append(hook)
 
+    def request_stop(self, reason: str) -> None:
+        """End the loop after the current step (``after_train`` still runs), e.g. early stopping."""
+        self.stop_reason = self.stop_reason or reason
+
+    def _stopping(self) -> bool:
+        """Whether any replica asked to stop (every replica then stops at this step)."""
+        if self.sync_stop(self.stop_reason is not None) and self.stop_reason is None:
+            self.stop_reason = "another replica asked to stop"
+        return self.stop_reason is not None
+
     def progress(self) -> float:
         """The fraction of the budget used: the larger of steps / ``max_iters`` and time / ``max_seconds``."""
         used = self.state.iteration / self.max_iters
         return max(used, self.state.elapsed_s / self.max_seconds) if self.max_seconds else used
 
     def train(self) -> TrainState:
-        """Run the loop; returns the final state.
+        """Run the loop until the budget is used or a hook calls :meth:`request_stop`; returns the final state.
 
         Raises:
             NonFiniteLossError: a step's loss was NaN or infinite (the step and the losses are named).
@@ -158,7 +180,7 @@ class Trainer:
         self._update_elapsed()
         try:
             self.before_train()
-            while self.progress() < 1.0:
+            while self.progress() < 1.0 and not self._stopping():
                 self.before_step()
                 self.run_step()
                 self._update_elapsed()

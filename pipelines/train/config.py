@@ -32,7 +32,17 @@ class TrainRunConfig:
         register nothing (the checkpoints stay in ``storage_path``).
     parent_run_id: nest this run's MLflow run under that run (``mrcnn ablate``'s variants are child runs).
     eval_every: evaluate on the val shards (rank 0) at the checkpoints whose iteration is a multiple of
-        it, and after training; 0: never.
+        it, and after training; 0 (the default): only after training; -1: never (nothing is registered).
+        Without val shards nothing is evaluated. The final evaluation also logs the evaluation report
+        (``report/`` artifacts) and calibrates per-class score thresholds, stored with the checkpoint and
+        the registered model.
+    patience: early stopping: stop after this many evaluations in a row without a better selection metric
+        (0: never stop early); the ``best`` alias still follows the best evaluation.
+    init_from: a trained model to start from (fine-tuning, :func:`mrcnn.pretrained.init_from`): a file,
+        s3:// URI, ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``runs:/...`` holding a torchvision
+        Mask R-CNN / keypoint R-CNN state dict or this project's checkpoint. Every tensor that fits is
+        loaded, the class-specific layers are sized for the dataset's classes, and the rows of categories
+        with a source category's name are copied. Not applied when resuming from a checkpoint.
     """
 
     data: str = ""
@@ -62,6 +72,8 @@ class TrainRunConfig:
     num_val_overlays: int = 4
     placement_strategy: str = "PACK"
     backbone_weights: str = ""
+    init_from: str = ""
+    patience: int = 0
 
     def validate(self) -> TrainRunConfig:
         if not self.data:
@@ -76,6 +88,11 @@ class TrainRunConfig:
             raise ValueError(f"train: epochs and max_iters must be >= 0, got {self.epochs} and {self.max_iters}")
         if self.epochs and self.max_iters:
             raise ValueError(f"train: give max_iters or epochs, not both (got {self.max_iters} and {self.epochs})")
+        if self.eval_every < -1 or self.patience < 0:
+            raise ValueError(f"train: eval_every must be >= -1 and patience >= 0, got {self.eval_every} and {self.patience}")
+        if self.patience and self.eval_every <= 0:
+            raise ValueError(f"train: patience {self.patience} needs periodic evaluations (eval_every > 0), "
+                             f"got eval_every {self.eval_every}")  # fmt: skip
         return self
 
     def model_config(self):

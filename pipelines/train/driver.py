@@ -61,15 +61,66 @@ def _warn_about_setup(run: TrainRunConfig, cfg) -> None:
 
     import ray
 
-    if cfg.model.backbone.norm == "frozen_bn" and not run.backbone_weights:
+    if cfg.model.backbone.norm == "frozen_bn" and not run.backbone_weights and not run.init_from:
         print(f"[train] warning: preset {run.preset} freezes BatchNorm and the first ResNet stages (a pretrained "
               "layout) but no backbone_weights were given: they stay at their random init", file=sys.stderr)  # fmt: skip
+    if run.eval_every >= 0 and not _has_val_split(run.data):
+        print(f"[train] note: {run.data} has no val shards: nothing is evaluated"
+              + (f" and no model is registered as {run.model_name!r}" if run.model_name else ""), file=sys.stderr)  # fmt: skip
     if "://" not in run.storage_path:
         nodes = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
         if len(nodes) > 1:
             print(f"[train] warning: storage_path {run.storage_path} is a local path on a cluster of {len(nodes)} "
                   "machines: checkpoints need shared storage (s3://, gs://, or NFS mounted at the same path on "
                   "every node)", file=sys.stderr)  # fmt: skip
+
+
+def _has_val_split(data: str) -> bool:
+    from pipelines.shards import join_path, list_shards
+
+    try:
+        return bool(list_shards(join_path(data, "val")))
+    except FileNotFoundError:
+        return False
+
+
+def model_config_for(run: TrainRunConfig, categories):
+    """The run's model config fitted to the dataset: its number of classes (and keypoints).
+
+    Raises:
+        ValueError: a keypoint model on a dataset whose categories name no keypoints.
+    """
+    cfg = run.model_config()
+    if cfg.model.num_classes != categories.num_classes:
+        cfg = cfg.replace(**{"model.num_classes": categories.num_classes})
+    if cfg.model.has_keypoints:
+        if not categories.num_keypoints:
+            raise ValueError(f"train: model.task is keypoints but the categories of {run.data} name no keypoints "
+                             "(preprocess a COCO person-keypoint json, or `mrcnn synth --task keypoints`)")  # fmt: skip
+        cfg = cfg.replace(**{"model.keypoint_head.num_keypoints": categories.num_keypoints})
+    return cfg
+
+
+def check_init_from(run: TrainRunConfig):
+    """Resolve and read ``run.init_from`` and initialise a freshly built model of the run from it (a dry run of
+    what every worker does), before anything starts.
+
+    Returns:
+        The :class:`pipelines.train.model.InitSource` for the workers.
+
+    Raises:
+        ValueError: one line naming the file or URI and the reason: an unknown model, alias, version or run,
+            no such file, not a Mask R-CNN state dict or checkpoint, another architecture, nothing that fits.
+    """
+    from mrcnn.modeling import build_model
+    from pipelines.shards import read_categories
+    from pipelines.train.model import init_model_from, read_init_source
+
+    categories = read_categories(run.data)
+    cfg = model_config_for(run, categories)
+    source = read_init_source(run.init_from, tracking_uri=run.tracking_uri or None)
+    init_model_from(build_model(cfg), source, categories)
+    return source
 
 
 @dataclass
@@ -92,7 +143,8 @@ def train(run: TrainRunConfig, *, ray_address: str | None = None, extra_hooks: S
             :class:`mrcnn.engine.HookBase`. The JSON list in ``$MRCNN_TRAIN_HOOKS`` is added to them.
 
     Raises:
-        ValueError: an invalid run config or hook spec, or shards that do not fit the model.
+        ValueError: an invalid run config or hook spec, shards that do not fit the model, or an ``init_from``
+            model that cannot be read or does not fit (one line naming it, before Ray starts).
     """
     from pipelines.common.session import ray_session
     from pipelines.train.hooks import check_hook_specs
@@ -103,8 +155,9 @@ def train(run: TrainRunConfig, *, ray_address: str | None = None, extra_hooks: S
         run = dataclasses.replace(run, storage_path=str(Path("ray_results").resolve()))
     if "://" not in run.storage_path:
         run = dataclasses.replace(run, storage_path=str(Path(run.storage_path).resolve()))
+    init_source = check_init_from(run) if run.init_from else None  # a bad model fails here, before Ray starts
     with ray_session(ray_address):
-        return _train(run, hooks)
+        return _train(run, hooks, init_source)
 
 
 def _env_hooks() -> list:
@@ -120,7 +173,7 @@ def _env_hooks() -> list:
     return specs
 
 
-def _train(run: TrainRunConfig, hooks: list) -> TrainResult:
+def _train(run: TrainRunConfig, hooks: list, init_source) -> TrainResult:
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -129,14 +182,7 @@ def _train(run: TrainRunConfig, hooks: list) -> TrainResult:
     from pipelines.train.worker import train_loop_per_worker
 
     categories = read_categories(run.data)
-    cfg = run.model_config()
-    if cfg.model.num_classes != categories.num_classes:
-        cfg = cfg.replace(**{"model.num_classes": categories.num_classes})
-    if cfg.model.has_keypoints:
-        if not categories.num_keypoints:
-            raise ValueError(f"train: model.task is keypoints but the categories of {run.data} name no keypoints "
-                             "(preprocess a COCO person-keypoint json, or `mrcnn synth --task keypoints`)")  # fmt: skip
-        cfg = cfg.replace(**{"model.keypoint_head.num_keypoints": categories.num_keypoints})
+    cfg = model_config_for(run, categories)
     if run.cpus_per_worker <= 0:
         run = dataclasses.replace(run, cpus_per_worker=auto_cpus_per_worker(run.workers, use_gpu=run.use_gpu))
     train_ds = ray.data.read_parquet(list_shards(join_path(run.data, "train")))
@@ -151,7 +197,9 @@ def _train(run: TrainRunConfig, hooks: list) -> TrainResult:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": dataclasses.asdict(run), "model": cfg.to_dict(), "categories": categories.to_list(),
-                           "data_stats": data_stats, "extra_hooks": hooks},
+                           "data_stats": data_stats, "extra_hooks": hooks,
+                           # The weights go through Ray's object store: a driver's downloaded file is no worker's.
+                           "init_source": ray.put(init_source) if init_source is not None else None},
         scaling_config=ray.train.ScalingConfig(
             num_workers=run.workers,
             use_gpu=run.use_gpu,

@@ -3,9 +3,12 @@
 - :class:`RayReport`: every ``checkpoint_every`` steps and at the end, rank 0 writes a checkpoint (the
   model, optimizer, scaler and :class:`RunState`), registers it when it is the best so far, and every
   rank reports to Ray Train (every rank must report the same number of times).
-- :class:`MlflowTracking`: rank 0's MLflow run: the evaluations, the loss curves and val overlays at the
-  end, the run's end (FINISHED, or FAILED when the loop raised). The per-step ``train/*`` metrics go
-  through :class:`mrcnn.engine.MetricLogger` with ``write=tracker.log_metrics``.
+- :class:`ThresholdCalibration`: at every evaluation (rank 0), per-class score thresholds calibrated on its
+  val predictions; they go into that step's checkpoint (metadata ``thresholds``) and registered model.
+- :class:`MlflowTracking`: rank 0's MLflow run: the evaluations, the loss curves, val overlays and the final
+  evaluation's report (``report/``) at the end, the run's end (FINISHED, or FAILED when the loop raised).
+  The per-step ``train/*`` metrics and the evaluations' ``val/*`` losses go through
+  :class:`mrcnn.engine.MetricLogger` with ``write=tracker.log_metrics``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mrcnn.engine.hooks import BestModel, HookBase, fresh_eval
+from mrcnn.engine.hooks import BestModel, HookBase, fresh_eval, fresh_evaluation
 from mrcnn.engine.trainer import TrainState
 from pipelines.train.config import CHECKPOINT_FILE, TrainRunConfig
 
@@ -70,6 +73,43 @@ def start_tracker(run: TrainRunConfig, cfg, data_stats: Mapping[str, Any], state
     return tracker
 
 
+class ThresholdCalibration(HookBase):
+    """Per-class score thresholds calibrated on every evaluation's val predictions (rank 0).
+
+    Args:
+        gt: the val ground truth (COCO dict) the evaluations are scored against.
+        iou_type: what the F1-maximising threshold matches on at IoU 0.5: ``segm`` for a mask model, else ``bbox``.
+
+    :meth:`fresh` gives the :class:`mrcnn.thresholds.CalibratedThresholds` of the current step's evaluation
+    (None without one). The predictions are every detection above the model's own score threshold
+    (``box_head.score_thresh``, 0.05), so a class's threshold can be any score above it.
+    """
+
+    def __init__(self, gt: Mapping[str, Any], *, iou_type: str):
+        self.gt = gt
+        self.iou_type = iou_type
+        self.calibrated = None
+        self.iteration = -1
+
+    def after_step(self) -> None:
+        self._calibrate()
+
+    def after_train(self) -> None:
+        self._calibrate()
+
+    def fresh(self):
+        return self.calibrated if self.iteration == self.trainer.state.iteration else None
+
+    def _calibrate(self) -> None:
+        from mrcnn.thresholds import calibrate_thresholds
+
+        evaluation = fresh_evaluation(self.trainer)
+        if evaluation is None or self.iteration == self.trainer.state.iteration:
+            return
+        self.calibrated = calibrate_thresholds(self.gt, evaluation.results, iou_type=self.iou_type)
+        self.iteration = self.trainer.state.iteration
+
+
 class RayReport(HookBase):
     """Checkpoint (rank 0) and ``ray.train.report`` (every rank) every ``period`` steps and after training.
 
@@ -77,12 +117,15 @@ class RayReport(HookBase):
         period: steps between reports (``checkpoint_every``).
         rank: this worker's rank; rank 0 writes the checkpoint.
         cfg, categories: go into the checkpoint. key: the run key (checkpoint metadata ``run``).
-        best: the selection hook (registered before this one); ``register(path)`` is called with the
-            checkpoint file when its evaluation set a new best.
+        best: the selection hook (registered before this one); ``register(path, thresholds)`` is called with
+            the checkpoint file when its evaluation set a new best.
+        calibration: the threshold hook (registered before this one): an evaluated step's thresholds go
+            into its checkpoint's metadata (``thresholds``: ``CalibratedThresholds.to_dict()``) and, as
+            ``{category_id: score}``, to ``register``.
     """
 
     def __init__(self, period: int, *, rank: int, cfg, categories, key: str, best: BestModel | None = None,
-                 register: Callable[[Path], Any] | None = None):  # fmt: skip
+                 register: Callable[..., Any] | None = None, calibration: ThresholdCalibration | None = None):  # fmt: skip
         self.period = period
         self.rank = rank
         self.cfg = cfg
@@ -90,6 +133,7 @@ class RayReport(HookBase):
         self.key = key
         self.best = best
         self.register = register
+        self.calibration = calibration
 
     def after_step(self) -> None:
         if self.period and self.trainer.state.iteration % self.period == 0 and self.trainer.progress() < 1.0:
@@ -110,29 +154,33 @@ class RayReport(HookBase):
             metrics.update({k: v for k, v in state.history[-1].items() if k.startswith("loss") or k == "lr"})
         for iou_type, stats in (results or {}).items():
             metrics.update({f"{iou_type}_{k}": v for k, v in stats.items() if k != "per_category"})
+        evaluation = fresh_evaluation(self.trainer)
+        metrics.update({f"val_{k}": v for k, v in (evaluation.losses if evaluation is not None else {}).items()})
+        calibrated = self.calibration.fresh() if self.calibration is not None else None
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.rank == 0:
-                path = self._save(Path(tmp) / CHECKPOINT_FILE, results or {})
+                path = self._save(Path(tmp) / CHECKPOINT_FILE, results or {}, calibrated)
                 if self.register is not None and self.best is not None and self.best.improved:
-                    self.register(path)
+                    self.register(path, thresholds=calibrated.thresholds if calibrated is not None else None)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             # A unique name per report: a final report can come at the same iteration as a periodic one.
             state.reports += 1
             name = f"checkpoint_{state.iteration:07d}_{state.reports:04d}"
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
-    def _save(self, path: Path, results: Mapping[str, Mapping[str, Any]]) -> Path:
+    def _save(self, path: Path, results: Mapping[str, Mapping[str, Any]], calibrated) -> Path:
         from mrcnn.checkpoint import save_checkpoint
 
         trainer = self.trainer
         ap = {f"{iou_type}_AP": results[iou_type]["AP"] if iou_type in results else None for iou_type in ("segm", "keypoints")}
+        thresholds = {"thresholds": calibrated.to_dict()} if calibrated is not None else {}
         return save_checkpoint(
             path,
             model=trainer.model,
             config=self.cfg,
             categories=self.categories,
-            metadata={"iteration": trainer.state.iteration, **ap, "run": self.key},
+            metadata={"iteration": trainer.state.iteration, **ap, "run": self.key, **thresholds},
             training_state={
                 "optimizer": trainer.optimizer.state_dict(),
                 "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
@@ -141,40 +189,51 @@ class RayReport(HookBase):
         )
 
 
-def register_best(tracker, run: TrainRunConfig, state: RunState) -> Callable[[Path], Any]:
-    """``register(path)`` for :class:`RayReport`: the checkpoint becomes a version of ``run.model_name``,
-    tagged with its selection metric (``state.best_metric_name``)."""
+def register_best(tracker, run: TrainRunConfig, state: RunState) -> Callable[..., Any]:
+    """``register(path, thresholds=None)`` for :class:`RayReport`: the checkpoint becomes a version of
+    ``run.model_name``, tagged with its selection metric (``state.best_metric_name``), with its per-class
+    score thresholds ``{category_id: score}`` (``thresholds.json`` in the MLflow model)."""
 
-    def register(path: Path):
+    def register(path: Path, thresholds: Mapping[int, float] | None = None):
         from pipelines.tracking import register_checkpoint
 
         return register_checkpoint(tracker, path, model_name=run.model_name, segm_ap=state.best_metric,
-                                   tracking_uri=run.tracking_uri, ap_tag=state.best_metric_name)  # fmt: skip
+                                   tracking_uri=run.tracking_uri, ap_tag=state.best_metric_name,
+                                   thresholds=thresholds)  # fmt: skip
 
     return register
 
 
 class MlflowTracking(HookBase):
-    """Rank 0's MLflow run: evaluations as they come; loss curves, val overlays and FINISHED at the end;
-    FAILED when the loop raises.
+    """Rank 0's MLflow run: evaluations as they come; loss curves, val overlays, the final evaluation's
+    report and FINISHED at the end; FAILED when the loop raises.
 
     Args:
         val: ``(images, targets, gt)`` of the val shards, or None; categories, device: for the overlays.
         num_overlays: val images drawn with their detections and logged under ``images/``.
+        calibration: the threshold hook: the final evaluation's report (:func:`mrcnn.report.write_report`,
+            logged under ``report/``) uses its thresholds for the confusion matrices; iou_types: the report's.
     """
 
-    def __init__(self, tracker, *, val=None, categories=None, device=None, num_overlays: int = 0):
+    def __init__(self, tracker, *, val=None, categories=None, device=None, num_overlays: int = 0,
+                 calibration: ThresholdCalibration | None = None, iou_types: Sequence[str] = ("bbox", "segm")):  # fmt: skip
         self.tracker = tracker
         self.val = val
         self.categories = categories
         self.device = device
         self.num_overlays = num_overlays
+        self.calibration = calibration
+        self.iou_types = tuple(iou_types)
+        self._logged_at = -1
 
     def after_step(self) -> None:
         self._log_eval()
 
     def after_train(self) -> None:
         self._log_eval()
+        evaluation = fresh_evaluation(self.trainer)
+        if evaluation is not None and self.val is not None:
+            self._log_report(evaluation)
         self.tracker.log_figure_loss_curves(self.trainer.state.history, "plots/loss_curves.png")
         if self.val is not None and self.num_overlays:
             _log_overlays(self.tracker, self.trainer.model, self.val, self.categories, self.device, self.num_overlays)
@@ -185,8 +244,23 @@ class MlflowTracking(HookBase):
 
     def _log_eval(self) -> None:
         results = fresh_eval(self.trainer)
-        if results is not None:
+        if results is not None and self._logged_at != self.trainer.state.iteration:
+            self._logged_at = self.trainer.state.iteration
             self.tracker.log_eval(results, step=self.trainer.state.iteration)
+
+    def _log_report(self, evaluation) -> None:
+        """The evaluation report (per-class AP/AR, PR curves, confusion matrices) and the calibrated thresholds
+        (``report/thresholds.json``) as artifacts under ``report/``."""
+        from mrcnn.report import write_report
+
+        calibrated = self.calibration.fresh() if self.calibration is not None else None
+        names = {c.id: c.name for c in self.categories.categories} if self.categories is not None else None
+        with tempfile.TemporaryDirectory(prefix="mrcnn-report-") as tmp:
+            write_report(tmp, self.val[2], evaluation.results, iou_types=self.iou_types, category_names=names,
+                         **({"score_threshold": calibrated.thresholds} if calibrated is not None else {}))  # fmt: skip
+            if calibrated is not None:
+                (Path(tmp) / "thresholds.json").write_text(json.dumps(calibrated.to_dict(), indent=1))
+            self.tracker.log_artifact(tmp, "report")
 
 
 def _log_overlays(tracker, model, val, categories, device, count: int) -> None:

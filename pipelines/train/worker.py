@@ -41,7 +41,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(run.seed + rank)
     resumed = ray.train.get_checkpoint()
 
-    model = build_worker_model(run, cfg, world_size=world_size, resuming=resumed is not None)
+    init_source = ray.get(loop_config["init_source"]) if loop_config.get("init_source") is not None else None
+    model, init_report = build_worker_model(run, cfg, world_size=world_size, resuming=resumed is not None,
+                                            init_source=init_source, categories=categories)  # fmt: skip
+    del init_source
     optimizer = build_optimizer(model, cfg.solver, total_batch_size=run.batch_size * world_size)
     scaler = torch.amp.GradScaler("cuda") if run.amp == "fp16" else None
     state = RunState(best_metric_name=selection_metric(cfg))
@@ -51,6 +54,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     tracker = None
     if rank == 0 and run.tracking_uri:
         tracker = start_tracker(run, cfg, loop_config.get("data_stats", {}), state, resumed=resumed is not None)
+    if rank == 0 and init_report is not None:
+        print("\n".join(f"[train] {line}" for line in init_report.summary().splitlines()), flush=True)
+        if tracker is not None:
+            tracker.log_params(init_report.to_params())
 
     num_keypoints = cfg.model.keypoint_head.num_keypoints if cfg.model.has_keypoints else 0  # 0: targets without
     data = ShardEpochs(ray.train.get_dataset_shard("train"), run.batch_size, seed=run.seed + 1000 * state.attempt,
@@ -60,6 +67,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         model, data, optimizer, max_iters=run.max_iters or cfg.solver.max_iters, max_seconds=run.minutes * 60 or None,
         device=device, scaler=scaler, autocast_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[run.amp],
         clip_grad_norm=cfg.solver.clip_grad_norm, world_size=world_size, state=state, sync_elapsed=max_across_ranks,
+        sync_stop=any_across_ranks if world_size > 1 else None,
     )  # fmt: skip
     trainer.register_hooks(_hooks(run, cfg, categories, rank=rank, model=model, state=state, tracker=tracker, device=device,
                                   num_keypoints=num_keypoints, extra_hooks=loop_config.get("extra_hooks", [])))  # fmt: skip
@@ -71,42 +79,55 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 def _hooks(run: TrainRunConfig, cfg, categories, *, rank: int, model, state, tracker, device, num_keypoints: int,
            extra_hooks: list) -> list:  # fmt: skip
-    """In order: schedule, evaluation and "best" (rank 0), metric logging, the extra hooks, the Ray report, MLflow."""
+    """In order: schedule, evaluation, "best", early stopping and threshold calibration (rank 0), metric
+    logging, the extra hooks, the Ray report, MLflow."""
     import math
 
-    from mrcnn.engine import BestModel, LRSchedule, MetricLogger, PeriodicEvaluation
+    from mrcnn.engine import BestModel, EarlyStopping, LRSchedule, MetricLogger, PeriodicEvaluation
     from pipelines.train.data import load_val
     from pipelines.train.driver import run_key
-    from pipelines.train.hooks import MlflowTracking, RayReport, build_hooks, register_best, selection_metric
+    from pipelines.train.hooks import (
+        MlflowTracking,
+        RayReport,
+        ThresholdCalibration,
+        build_hooks,
+        register_best,
+        selection_metric,
+    )
 
-    val = load_val(run.data, run.eval_max_images, num_keypoints) if rank == 0 and run.eval_every else None
-    evaluation = best = None
+    val = load_val(run.data, run.eval_max_images, num_keypoints) if rank == 0 and run.eval_every >= 0 else None
+    evaluation = best = early = calibration = None
     if val is not None:
-        # Evaluations come with reports (so that "best" has a checkpoint): at multiples of both periods.
+        # Evaluations come with reports (so that "best" has a checkpoint): at multiples of both periods
+        # (eval_every 0: only after training).
         evaluation = PeriodicEvaluation(lambda: _evaluate(model, val, cfg, categories, device),
                                         period=math.lcm(run.eval_every, run.checkpoint_every))  # fmt: skip
         best = BestModel(selection_metric(cfg))
-    write = tracker.log_metrics if tracker is not None else None  # train/* of every step, rank 0
+        early = EarlyStopping(best, run.patience) if run.patience else None
+        calibration = ThresholdCalibration(val[2], iou_type="segm" if "segm" in cfg.model.iou_types else "bbox")
+    write = tracker.log_metrics if tracker is not None else None  # train/* of every step, val/* of evaluations; rank 0
     register = register_best(tracker, run, state) if tracker is not None and run.model_name else None
     report = RayReport(run.checkpoint_every, rank=rank, cfg=cfg, categories=categories, key=run_key(run), best=best,
-                       register=register)  # fmt: skip
+                       register=register, calibration=calibration)  # fmt: skip
     mlflow = None
     if tracker is not None:
-        mlflow = MlflowTracking(tracker, val=val, categories=categories, device=device, num_overlays=run.num_val_overlays)
+        mlflow = MlflowTracking(tracker, val=val, categories=categories, device=device, num_overlays=run.num_val_overlays,
+                                calibration=calibration, iou_types=cfg.model.iou_types)  # fmt: skip
     logger = MetricLogger(write, period=25 if rank == 0 else 0)
-    return [LRSchedule(cfg.solver), evaluation, best, logger, *build_hooks(extra_hooks), report, mlflow]
+    return [LRSchedule(cfg.solver), evaluation, best, early, calibration, logger, *build_hooks(extra_hooks), report, mlflow]
 
 
-def _evaluate(model, val, cfg, categories, device) -> dict[str, Any]:
-    """bbox; segm with the mask branch (off: Faster R-CNN); keypoints (OKS) with the keypoint branch."""
-    from mrcnn.engine import evaluate_model
+def _evaluate(model, val, cfg, categories, device):
+    """bbox; segm with the mask branch (off: Faster R-CNN); keypoints (OKS) with the keypoint branch; the
+    validation losses from the same forward passes (an :class:`mrcnn.engine.Evaluation`)."""
+    from mrcnn.engine import run_evaluation
 
     module = model.module if hasattr(model, "module") else model
     images, targets, gt = val
     loader = [(images[i : i + 8], targets[i : i + 8]) for i in range(0, len(images), 8)]
-    metrics = evaluate_model(module, loader, gt, categories, device=device, iou_types=cfg.model.iou_types)
+    evaluation = run_evaluation(module, loader, gt, categories, device=device, iou_types=cfg.model.iou_types)
     module.train()
-    return metrics
+    return evaluation
 
 
 def _resume(checkpoint, model, optimizer, scaler, state) -> None:
@@ -137,3 +158,8 @@ def max_across_ranks(value: float) -> float:
         tensor = tensor.cuda()
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return float(tensor.item())
+
+
+def any_across_ranks(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (a stop asked by rank 0's early stopping stops every rank)."""
+    return max_across_ranks(1.0 if flag else 0.0) > 0.5

@@ -14,6 +14,8 @@ from mrcnn.data.dataset import CocoInstanceDataset, collate_detection
 from mrcnn.engine import (
     BestModel,
     Checkpointer,
+    EarlyStopping,
+    Evaluation,
     HookBase,
     LRSchedule,
     MetricLogger,
@@ -21,6 +23,7 @@ from mrcnn.engine import (
     PeriodicEvaluation,
     Trainer,
     TrainState,
+    run_evaluation,
     train_step,
 )
 from mrcnn.modeling import build_model
@@ -227,3 +230,75 @@ def test_lr_schedule_and_metric_logger_write_step_and_data_wait_times():
         assert "train/iteration" not in metrics
     assert [line.split()[2] for line in lines] == ["1", "2", "4"]
     assert all(line.startswith("[train] iteration") and " data " in line and " step " in line for line in lines)
+
+
+def test_early_stopping_after_patience_evaluations_without_a_better_metric():
+    """patience 2: evaluations at 1..4 give 10, 30, 20, 25: 30 stays best for two evaluations, so the loop
+    stops at 4 of 10 steps; the final hooks still run, without a second evaluation at step 4."""
+    model = _Quadratic()
+    aps = iter([10.0, 30.0, 20.0, 25.0, 40.0])
+    evaluated, saved, lines = [], [], []
+
+    def evaluate():
+        evaluated.append(trainer.state.iteration)
+        return Evaluation(metrics={"segm": {"AP": next(aps)}}, losses={"loss": 1.0, "loss_mask": 1.0})
+
+    best = BestModel("segm_AP")
+    trainer = Trainer(model, _loader(1), torch.optim.SGD(model.parameters(), lr=0.1), max_iters=10)
+    trainer.register_hooks([PeriodicEvaluation(evaluate, period=1), best, EarlyStopping(best, 2, print_fn=lines.append),
+                            Checkpointer(lambda t: saved.append((t.state.iteration, best.improved)), period=0)])  # fmt: skip
+    state = trainer.train()
+    assert evaluated == [1, 2, 3, 4] and state.iteration == 4
+    assert (state.best_metric, state.evals_since_best) == (30.0, 2)
+    assert saved == [(4, False)]  # after_train ran once, and the stop's evaluation set no new best
+    assert lines == ["[train] early stopping at iteration 4: 2 evaluations without a better segm_AP than 30.00"]
+    assert trainer.stop_reason.startswith("early stopping at iteration 4")
+    with pytest.raises(ValueError, match="patience must be >= 1"):
+        EarlyStopping(best, 0)
+
+
+def test_a_stop_asked_by_another_replica_stops_every_replica_at_the_same_step():
+    model = _Quadratic()
+    asked = []
+
+    def sync_stop(stop):  # as if another rank asked to stop after step 3
+        asked.append(stop)
+        return len(asked) > 3
+
+    trainer = Trainer(model, _loader(1), torch.optim.SGD(model.parameters(), lr=0.1), max_iters=10, sync_stop=sync_stop)
+    assert trainer.train().iteration == 3
+    assert asked == [False] * 4 and trainer.stop_reason == "another replica asked to stop"
+
+
+def test_validation_losses_come_with_every_evaluation(synth_dataset):
+    """run_evaluation: the model's eval-mode losses with the ground truth, a mean per image, beside the COCO
+    metrics from the same forward passes; the MetricLogger writes them as val/* at every evaluation."""
+    from mrcnn.data.categories import CategoryMap
+    from mrcnn.engine.evaluation import predict_coco_results
+
+    dataset = CocoInstanceDataset.from_files(synth_dataset / "val" / "annotations.json", synth_dataset / "val" / "images")
+    categories = CategoryMap.from_coco(json.loads((synth_dataset / "val" / "annotations.json").read_text()))
+    images, targets = collate_detection([dataset[i] for i in range(3)])
+    torch.manual_seed(0)
+    cfg = get_preset("r18_fpn_small").replace(**{"model.num_classes": categories.num_classes})
+    model = build_model(cfg)
+    batches = [(images[:2], targets[:2]), (images[2:], targets[2:])]
+    gt = str(synth_dataset / "val" / "annotations.json")
+    evaluation = run_evaluation(model, batches, gt, categories)
+    assert set(evaluation.metrics) == {"bbox", "segm"} and not model.training
+    assert set(evaluation.losses) == {"loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
+    assert all(math.isfinite(v) and v > 0 for v in evaluation.losses.values())
+    assert evaluation.losses["loss"] == pytest.approx(sum(v for k, v in evaluation.losses.items() if k != "loss"))
+    # The detections are those of a forward without targets: the losses change nothing of them.
+    assert evaluation.results and evaluation.results == predict_coco_results(model, batches, categories)
+    assert {r["image_id"] for r in evaluation.results} <= {int(t["image_id"]) for t in targets}
+
+    written, lines = [], []
+    trainer = Trainer(_Quadratic(), _loader(1), torch.optim.SGD(model.parameters(), lr=0.1), max_iters=3)
+    trainer.register_hooks([PeriodicEvaluation(lambda: evaluation, period=2),
+                            MetricLogger(lambda m, step: written.append((step, dict(m))), period=0, print_fn=lines.append)])  # fmt: skip
+    trainer.train()
+    val = [(step, m) for step, m in written if any(k.startswith("val/") for k in m)]
+    assert [step for step, _ in val] == [2, 3]  # the periodic evaluation and the final one
+    assert val[0][1] == {f"val/{k}": v for k, v in evaluation.losses.items()}
+    assert len(lines) == 2 and lines[0].startswith("[train] evaluation at iteration 2: bbox AP ") and "val loss" in lines[0]

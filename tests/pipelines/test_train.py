@@ -129,7 +129,7 @@ def test_killed_worker_resumes_from_latest_checkpoint_in_the_same_mlflow_run(sha
 
     ray.init(address="local", num_cpus=3, include_dashboard=False)
     try:
-        run = _run(shards, tmp_path, max_iters=6, eval_every=0, name="fault", tracking_uri=server.tracking_uri,
+        run = _run(shards, tmp_path, max_iters=6, eval_every=-1, name="fault", tracking_uri=server.tracking_uri,
                    experiment="tests-fault")
         marker = Path(run.storage_path) / run.name / ".injected_failure"
         result = train(run, extra_hooks=[FailOnce(3, str(marker))])
@@ -151,8 +151,8 @@ def test_killed_worker_resumes_from_latest_checkpoint_in_the_same_mlflow_run(sha
 def test_relaunch_with_same_name_resumes(shards, tmp_path):
     ray.init(address="local", num_cpus=3, include_dashboard=False)
     try:
-        first = train(_run(shards, tmp_path, max_iters=2, eval_every=0, name="again"))
-        second = train(_run(shards, tmp_path, max_iters=4, eval_every=0, name="again"))
+        first = train(_run(shards, tmp_path, max_iters=2, eval_every=-1, name="again"))
+        second = train(_run(shards, tmp_path, max_iters=4, eval_every=-1, name="again"))
     finally:
         ray.shutdown()
     assert first.iteration == 2

@@ -27,7 +27,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--epochs", type=float, help="budget in passes over the training shards (instead of --max-iters)")
     p.add_argument("--backbone-weights", metavar="FILE", help="ImageNet ResNet state dict for backbone.body (path or s3://)")
     p.add_argument("--minutes", type=float, help="time budget (the schedule decays at fractions of it)")
-    p.add_argument("--eval-every", type=int, help="evaluate on the val shards every N iterations (and at the end)")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="start from a COCO-pretrained model: a torchvision maskrcnn_resnet50_fpn(_v2) / keypointrcnn state "
+                   "dict or one of ours (file, models:/NAME@ALIAS, models:/NAME/VERSION, runs:/...); class rows are "
+                   "copied by category name")
+    p.add_argument("--eval-every", type=int,
+                   help="evaluate on the val shards every N iterations and at the end (default 0: only at the end; -1: never)")
+    p.add_argument("--patience", type=int, metavar="N", help="stop after N evaluations without a better selection metric")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--storage-path", help="shared storage for checkpoints (local path, s3://, gs://)")
     p.add_argument("--name", help="run name; relaunching with the same name and storage path resumes")
@@ -68,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "eval_every": args.eval_every, "checkpoint_every": args.checkpoint_every, "storage_path": args.storage_path,
         "name": args.name, "max_failures": args.max_failures, "tracking_uri": args.tracking_uri,
         "experiment": args.experiment, "model_name": args.model_name, "epochs": args.epochs,
-        "backbone_weights": args.backbone_weights,
+        "backbone_weights": args.backbone_weights, "init_from": args.init_from, "patience": args.patience,
     }  # fmt: skip
     # A budget flag replaces the config's budget: --max-iters clears its epochs, --epochs its max_iters.
     if args.max_iters is not None and args.epochs is None:
@@ -84,5 +90,5 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(run, ray_address=args.address)
     print(json.dumps({"iteration": result.iteration, "checkpoint": result.checkpoint_path,
                       "mlflow_run_id": result.mlflow_run_id, "tracking_uri": run.tracking_uri,
-                      **{k: v for k, v in result.metrics.items() if k.startswith(("segm_", "bbox_", "keypoints_", "loss"))}}))  # fmt: skip
+                      **{k: v for k, v in result.metrics.items() if k.startswith(("segm_", "bbox_", "keypoints_", "loss", "val_"))}}))  # fmt: skip
     return 0

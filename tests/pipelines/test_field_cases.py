@@ -227,3 +227,11 @@ def test_old_int32_shards_still_read(tmp_path):
     table = pq.read_table(tmp_path / "val")
     _, targets = collate_shard_batch({name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names})
     assert targets[0]["labels"].tolist() == [1]
+
+
+def test_train_flags_reach_the_run_config(tmp_path, fake_train):
+    with pytest.raises(_TrainCalled):
+        main(["train", "--data", str(tmp_path), "--init-from", "models:/coco@best", "--patience", "3", "--eval-every", "50",
+              "--tracking-uri", str(tmp_path / "ml")])  # fmt: skip
+    run = fake_train[-1]
+    assert (run.init_from, run.patience, run.eval_every) == ("models:/coco@best", 3, 50)

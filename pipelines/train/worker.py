@@ -8,6 +8,7 @@ after a failure, or in a relaunch, resumes from the latest reported checkpoint.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0 and run.tracking_uri:
         tracker = start_tracker(run, cfg, loop_config.get("data_stats", {}), state, resumed=resumed is not None)
     if rank == 0 and init_report is not None:
-        print("\n".join(f"[train] {line}" for line in init_report.summary().splitlines()), flush=True)
+        write_line("\n".join(f"[train] {line}" for line in init_report.summary().splitlines()))
         if tracker is not None:
             tracker.log_params(init_report.to_params())
 
@@ -113,7 +114,7 @@ def _hooks(run: TrainRunConfig, cfg, categories, *, rank: int, model, state, tra
     if tracker is not None:
         mlflow = MlflowTracking(tracker, val=val, categories=categories, device=device, num_overlays=run.num_val_overlays,
                                 calibration=calibration, iou_types=cfg.model.iou_types)  # fmt: skip
-    logger = MetricLogger(write, period=25 if rank == 0 else 0)
+    logger = MetricLogger(write, period=25 if rank == 0 else 0, print_fn=write_line)
     return [LRSchedule(cfg.solver), evaluation, best, early, calibration, logger, *build_hooks(extra_hooks), report, mlflow]
 
 
@@ -163,3 +164,11 @@ def max_across_ranks(value: float) -> float:
 def any_across_ranks(flag: bool) -> bool:
     """Whether ``flag`` is true on any rank (a stop asked by rank 0's early stopping stops every rank)."""
     return max_across_ranks(1.0 if flag else 0.0) > 0.5
+
+
+def write_line(text: str) -> None:
+    """A line to the worker's stdout, which Ray forwards to the driver once. Not ``print``: in a Ray Train worker
+    ``print`` is patched to also log through the root logger (RAY_TRAIN_ENABLE_PRINT_PATCH), which put every
+    progress line on the console twice."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()

@@ -1,4 +1,4 @@
-"""Configuration: small frozen dataclasses, one per part of the model, plus named presets.
+"""Configuration: small frozen dataclasses, one per part of the model (the named presets: ``mrcnn.presets``).
 
 A config round-trips through plain dicts (``to_dict()`` / ``from_dict()``), so the same dict goes to
 Ray's ``train_loop_config``, to ``mlflow.log_params`` (flattened) and into every checkpoint.
@@ -444,93 +444,5 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _r50_fpn() -> Config:
-    return Config(name="r50_fpn", model=ModelConfig(num_classes=90))
-
-
-def _r50_fpn_v2() -> Config:
-    return Config(
-        name="r50_fpn_v2",
-        model=ModelConfig(
-            num_classes=90,
-            backbone=BackboneConfig(fpn_norm="bn"),
-            rpn=RPNConfig(head_conv_depth=2),
-            box_head=BoxHeadConfig(head="4conv1fc", head_norm="bn"),
-            mask_head=MaskHeadConfig(head_norm="bn"),
-        ),
-    )
-
-
-def _r50_fpn_keypoints() -> Config:
-    """torchvision's ``keypointrcnn_resnet50_fpn`` layout: person boxes + 17 COCO keypoints, no mask head,
-    trained at a random shorter side in 640..800 (the paper's keypoint training), tested at 800."""
-    return Config(
-        name="r50_fpn_keypoints",
-        model=ModelConfig(
-            num_classes=1,
-            input=InputConfig(min_size=(640, 672, 704, 736, 768, 800)),
-            mask_head=MaskHeadConfig(enabled=False),
-            task="keypoints",
-        ),
-    )
-
-
-def _r101_fpn() -> Config:
-    return Config(name="r101_fpn", model=ModelConfig(num_classes=90, backbone=BackboneConfig(depth=101)))
-
-
-def _r18_fpn_small() -> Config:
-    """ResNet-18-FPN for small images on a CPU: learns the synthetic shapes from scratch in minutes."""
-    return Config(
-        name="r18_fpn_small",
-        model=ModelConfig(
-            num_classes=5,
-            backbone=BackboneConfig(depth=18, norm="bn", trainable_layers=5),
-            input=InputConfig(min_size=(128,), max_size=224),
-            # The paper's anchor sizes (32..512), although the objects are 10-77 px: they learned faster
-            # than anchors scaled to the image (8..128): segm AP 24.7 vs 18.0 after 220 steps, 29.3 vs
-            # 22.0 after 262 (benchmarks/RESULTS.md, "Learning per step").
-            rpn=RPNConfig(
-                pre_nms_top_n_train=1000,
-                post_nms_top_n_train=500,
-                pre_nms_top_n_test=500,
-                post_nms_top_n_test=250,
-            ),
-            # Fewer sampled RoIs and a narrower mask head than the paper's: 1-4 objects per 128 px image
-            # need no more, and it trains 1.5x faster on a CPU (benchmarks/RESULTS.md).
-            box_head=BoxHeadConfig(batch_size_per_image=64, aligned=True),
-            mask_head=MaskHeadConfig(conv_dim=128),
-            # Used with model.task=keypoints: a narrower, shallower keypoint head than the paper's 8 x 512, which
-            # counts ~1400 GFLOP per training step of 6 images against ~180 for the rest of this model (4 x 128:
-            # ~60); 5 keypoints as the synthetic houses.
-            keypoint_head=KeypointHeadConfig(num_keypoints=5, num_convs=4, conv_dim=128),
-        ),
-        solver=SolverConfig(
-            optimizer="adamw",
-            base_lr=1e-3,
-            reference_batch_size=8,
-            weight_decay=1e-4,
-            warmup_iters=100,
-            warmup_factor=0.01,
-            steps=(0.8,),
-            max_iters=3000,
-            batch_size=8,
-            clip_grad_norm=10.0,
-        ),
-    )
-
-
-PRESETS = {
-    "r50_fpn": _r50_fpn,
-    "r50_fpn_v2": _r50_fpn_v2,
-    "r101_fpn": _r101_fpn,
-    "r18_fpn_small": _r18_fpn_small,
-    "r50_fpn_keypoints": _r50_fpn_keypoints,
-}
-
-
-def get_preset(name: str) -> Config:
-    """The named preset's config. Raises ConfigError naming the known presets."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
-    return PRESETS[name]().validate()
+# The named presets live in mrcnn/presets.py; imported last, since they are built from the classes above.
+from mrcnn.presets import PRESETS, get_preset  # noqa: E402, F401 (re-exported)

@@ -4,7 +4,6 @@ starts; a short real run (1 worker, 2 steps, a local MLflow store) logs and regi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 

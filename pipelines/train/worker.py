@@ -57,9 +57,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         tracker = start_tracker(run, cfg, loop_config.get("data_stats", {}), state, resumed=resumed is not None)
 
     num_keypoints = cfg.model.keypoint_head.num_keypoints if cfg.model.has_keypoints else 0  # 0: targets without
-    data = ShardEpochs(ray.train.get_dataset_shard("train"), run.batch_size, seed=run.seed + 1000 * state.attempt,
-                       collate=_train_collate(run, cfg, categories, num_keypoints, seed=run.seed + 1000 * state.attempt,
-                                              rank=rank),
+    data_seed = run.seed + 1000 * state.attempt  # a resumed run reshuffles and re-augments
+    data = ShardEpochs(ray.train.get_dataset_shard("train"), run.batch_size, seed=data_seed,
+                       collate=_train_collate(run, cfg, categories, num_keypoints, seed=data_seed, rank=rank),
                        loader_threads=run.num_loader_threads())  # fmt: skip
     device = ray.train.torch.get_device()
     trainer = Trainer(

@@ -96,7 +96,9 @@ def test_threads_give_the_same_batches_as_the_loop_thread_and_leave_the_global_r
         epochs = ShardEpochs(FakeShard(ROWS), 2, seed=7, collate=collate, loader_threads=threads)
         passes[threads] = [list(epochs), list(epochs)]  # two passes: the epoch enters each batch's seed
         # Nothing in the collate drew from the global generator (the model's samplers use it).
-        assert torch.equal(torch.rand(4), torch.manual_seed(123) and torch.rand(4))
+        after = torch.rand(4)
+        torch.manual_seed(123)
+        assert torch.equal(after, torch.rand(4))
         assert isinstance(epochs.prefetcher.last_wait_s, float)
     for first, second in zip(passes[0], passes[2]):
         _assert_batches_equal(second, first)

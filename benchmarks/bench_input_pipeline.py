@@ -1,13 +1,18 @@
 """The training input pipeline: images per second per CPU core, and how long a step waits for its batch.
 
     python benchmarks/bench_input_pipeline.py [--repeat 20] [--batch 8] [--threads 0 1 2] [--step-ms 133]
-                                              [--augmentation none|flip|multiscale|lsj]
+                                              [--augmentation none|flip|multiscale|lsj] [--ray]
 
 The data are COCO-size JPEGs with their official masks (tests/data/coco_mini, 6 val2017 images, 2 to 23
 instances each), repeated ``--repeat`` times, as shard rows: encoded JPEG bytes and compressed RLE masks,
 exactly what ``mrcnn train`` reads from the Parquet shards. The work measured is what ``mrcnn train`` does
-for every batch: decode the JPEGs and the RLE masks into tensors and build the targets
-(``pipelines.shards.collate_shard_batch``), then the per-image augmentation.
+for every batch (``pipelines.train.data.TrainCollate``): decode the JPEGs and the RLE masks into tensors and
+build the targets (``pipelines.shards.collate_shard_batch``), then the per-image augmentation with the
+batch's own generator.
+
+``--ray`` adds the alternative: Ray Data's ``iter_torch_batches(collate_fn=..., prefetch_batches=N)`` over the
+same rows (``ray.data.from_items``), whose collate runs in a pool of ``prefetch_batches`` threads (rows
+``ray N``); the loop's wait is timed around ``next()``.
 
 Two tables:
 
@@ -73,39 +78,58 @@ def batches(rows: list[dict], batch_size: int):
 
 
 def make_collate(augmentation: str, seed: int = 0):
-    """decode + targets + per-image augmentation, with each batch's randomness from its own generator."""
-    import torch
+    """``mrcnn train``'s collate (decode + targets + augmentation, each batch's randomness from its generator)."""
+    from pipelines.train.data import TrainCollate
 
-    from mrcnn.data.augment import build_train_augmentation
-    from pipelines.shards import collate_shard_batch
-
-    augment = build_train_augmentation({"kind": augmentation})
-
-    def collate(indexed):
-        index, batch = indexed
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
-        images, targets = collate_shard_batch(batch)
-        out = [augment(image, target, generator=generator) for image, target in zip(images, targets)]
-        return [image for image, _ in out], [target for _, target in out]
-
-    return collate
+    return TrainCollate({"kind": augmentation}, seed=seed)
 
 
 def run(rows, *, batch_size: int, threads: int, step_s: float, augmentation: str) -> dict:
+    """Prefetcher over numpy batches, as ``pipelines.train.data.ShardEpochs`` runs it."""
     from mrcnn.data.prefetch import Prefetcher
 
-    prefetcher = Prefetcher(enumerate(batches(rows, batch_size)), make_collate(augmentation), num_threads=threads,
-                            depth=max(2, 2 * threads))  # fmt: skip
+    collate = make_collate(augmentation)
+    prefetcher = Prefetcher(enumerate(batches(rows, batch_size)), lambda item: collate(item[1], epoch=0, index=item[0]),
+                            num_threads=threads, depth=2 * threads)  # fmt: skip
+    return _loop(prefetcher, len(rows), batch_size, step_s, lambda: prefetcher.total_wait_s)
+
+
+def run_ray(dataset, *, num_rows: int, batch_size: int, threads: int, step_s: float, augmentation: str) -> dict:
+    """Ray Data's ``iter_torch_batches`` with the same collate in its ``prefetch_batches`` threads."""
+    collate = make_collate(augmentation)
+
+    def collate_fn(batch):  # no batch index here: seeded by the batch's first image id
+        return collate(batch, epoch=0, index=int(batch["image_id"][0]))
+
+    iterator = iter(dataset.iter_torch_batches(batch_size=batch_size, collate_fn=collate_fn, prefetch_batches=threads,
+                                               device="cpu"))  # fmt: skip
+    waited = [0.0]
+
+    def timed():
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            waited[0] += time.perf_counter() - start
+            yield batch
+
+    return _loop(timed(), num_rows, batch_size, step_s, lambda: waited[0])
+
+
+def _loop(source, num_rows: int, batch_size: int, step_s: float, total_wait) -> dict:
     images = 0
     start = time.perf_counter()
-    for batch_images, _ in prefetcher:
+    for batch_images, _ in source:
         images += len(batch_images)
         if step_s:
             time.sleep(step_s)
     seconds = time.perf_counter() - start
-    stepping = step_s * -(-len(rows) // batch_size)
-    return {"images": images, "seconds": seconds, "wait_s": prefetcher.total_wait_s,
-            "wait_fraction": prefetcher.total_wait_s / max(prefetcher.total_wait_s + stepping, 1e-9)}  # fmt: skip
+    stepping = step_s * -(-num_rows // batch_size)
+    wait_s = total_wait()
+    return {"images": images, "seconds": seconds, "wait_s": wait_s,
+            "wait_fraction": wait_s / max(wait_s + stepping, 1e-9)}  # fmt: skip
 
 
 def main() -> None:
@@ -116,6 +140,7 @@ def main() -> None:
     parser.add_argument("--step-ms", type=float, default=133.0, help="simulated step (default: 8 images at 60 images/s)")
     parser.add_argument("--augmentation", default="none", choices=["none", "flip", "multiscale", "lsj"])
     parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (resize, masks)")
+    parser.add_argument("--ray", action="store_true", help="also Ray Data's iter_torch_batches(prefetch_batches=N)")
     args = parser.parse_args()
 
     import torch
@@ -124,14 +149,22 @@ def main() -> None:
     rows = shard_rows(args.repeat)
     cores = os.cpu_count() or 1
     run(rows[: args.batch * 2], batch_size=args.batch, threads=0, step_s=0.0, augmentation=args.augmentation)  # warm-up
+    variants = [(str(t), t, lambda t=t, **kw: run(rows, threads=t, **kw)) for t in args.threads]
+    if args.ray:
+        import ray
+
+        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+        dataset = ray.data.from_items(rows).materialize()
+        variants += [(f"ray {t}", t, lambda t=t, **kw: run_ray(dataset, num_rows=len(rows), threads=t, **kw))
+                     for t in args.threads]  # fmt: skip
     throughput, waits = [], []
-    for threads in args.threads:
-        result = run(rows, batch_size=args.batch, threads=threads, step_s=0.0, augmentation=args.augmentation)
+    for name, threads, measure in variants:
+        result = measure(batch_size=args.batch, step_s=0.0, augmentation=args.augmentation)
         used = 1 if threads == 0 else min(threads, cores)
-        throughput.append((threads, result["images"] / result["seconds"], used))
-    for threads in args.threads:
-        waits.append((threads, run(rows, batch_size=args.batch, threads=threads, step_s=args.step_ms / 1000,
-                                   augmentation=args.augmentation)))  # fmt: skip
+        throughput.append((name if args.ray else threads, result["images"] / result["seconds"], used))
+    for name, threads, measure in variants:
+        waits.append((name if args.ray else threads,
+                      measure(batch_size=args.batch, step_s=args.step_ms / 1000, augmentation=args.augmentation)))  # fmt: skip
 
     print(f"\nInput pipeline on {len(rows)} COCO val2017 JPEGs with masks (coco_mini x {args.repeat}), batch {args.batch}, "
           f"augmentation {args.augmentation}, {cores} cores, load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip

@@ -44,6 +44,17 @@ class MaskRCNN(nn.Module):
         # Set by mrcnn.inference.optimize_for_inference: run the convolutions in NHWC.
         self.channels_last = False
 
+    @property
+    def skip_resize_in_training(self) -> bool:
+        """Whether training batches keep their images' sizes (default False: resized to ``input.min_size`` /
+        ``max_size`` as in eval). Set it when the data pipeline chose the sizes itself (multi-scale training,
+        large-scale jitter), as torchvision's references do (``_skip_resize``); eval mode always resizes."""
+        return bool(getattr(self.transform, "_skip_resize", False))
+
+    @skip_resize_in_training.setter
+    def skip_resize_in_training(self, value: bool) -> None:
+        self.transform._skip_resize = bool(value)
+
     def forward(
         self,
         images: list[Tensor],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 CHECKPOINT_FILE = "model.ckpt"
@@ -43,6 +42,13 @@ class TrainRunConfig:
         Mask R-CNN / keypoint R-CNN state dict or this project's checkpoint. Every tensor that fits is
         loaded, the class-specific layers are sized for the dataset's classes, and the rows of categories
         with a source category's name are copied. Not applied when resuming from a checkpoint.
+    augmentation: the training augmentation, a mapping read by
+        :meth:`mrcnn.data.augment.AugmentationConfig.from_dict` (``kind``: none, flip, multiscale, lsj;
+        ``copy_paste``, ...); empty: none. With ``multiscale`` or ``lsj`` the model's own resize is skipped
+        in training (the augmentation chose the sizes); inference resizes as before.
+    loader_threads: background threads per worker that decode, augment and collate the next batches while
+        the model computes (:class:`mrcnn.data.prefetch.Prefetcher`); 0: in the loop's own thread, nothing
+        ahead; -1 (default): 2 on GPU workers, 1 on CPU workers.
     """
 
     data: str = ""
@@ -74,6 +80,8 @@ class TrainRunConfig:
     backbone_weights: str = ""
     init_from: str = ""
     patience: int = 0
+    augmentation: dict[str, Any] = field(default_factory=dict)
+    loader_threads: int = -1
 
     def validate(self) -> TrainRunConfig:
         if not self.data:
@@ -93,7 +101,26 @@ class TrainRunConfig:
         if self.patience and self.eval_every <= 0:
             raise ValueError(f"train: patience {self.patience} needs periodic evaluations (eval_every > 0), "
                              f"got eval_every {self.eval_every}")  # fmt: skip
+        if self.loader_threads < -1:
+            raise ValueError(f"train: loader_threads must be >= 0 (or -1: auto), got {self.loader_threads}")
+        self.augmentation_config()
         return self
+
+    def augmentation_config(self):
+        """The :class:`mrcnn.data.augment.AugmentationConfig` of ``augmentation``.
+
+        Raises:
+            mrcnn.config.ConfigError: an unknown key or invalid value (named ``augmentation.<key>``).
+        """
+        from mrcnn.data.augment import AugmentationConfig
+
+        return AugmentationConfig.from_dict(self.augmentation or {})
+
+    def num_loader_threads(self) -> int:
+        """``loader_threads`` with -1 resolved: 2 on GPU workers, 1 on CPU workers."""
+        if self.loader_threads >= 0:
+            return self.loader_threads
+        return 2 if self.use_gpu else 1
 
     def model_config(self):
         from mrcnn.config import get_preset
@@ -103,9 +130,9 @@ class TrainRunConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> TrainRunConfig:
-        import yaml
+        from mrcnn.config import load_yaml
 
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = load_yaml(path) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of run settings")
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}

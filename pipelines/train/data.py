@@ -2,8 +2,74 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+
+
+def batch_generator(seed: int, rank: int, epoch: int, index: int):
+    """The ``torch.Generator`` of one batch: every random draw of its augmentation comes from it, never from
+    torch's global generator (which the model's samplers use), so a batch is augmented the same whichever
+    thread prepares it. Seeded through numpy's ``SeedSequence`` of ``(seed, rank, epoch, index)``: nearby
+    tuples give unrelated streams."""
+    import numpy as np
+    import torch
+
+    entropy = np.random.SeedSequence([seed, rank, epoch, index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
+
+
+class TrainCollate:
+    """Shard rows to a training batch: decode (:func:`pipelines.shards.collate_shard_batch`), augment each
+    image, then copy-paste between the batch's images.
+
+    Args:
+        augmentation: an :class:`mrcnn.data.augment.AugmentationConfig` or its dict (empty: none).
+        num_keypoints: the dataset's K (0: targets without keypoints).
+        keypoint_names: the keypoint category's names, for the flip's left/right map
+            (:func:`mrcnn.data.keypoints.flip_indices`); needed when targets carry keypoints.
+        pad_fill: RGB (0..1) of LSJ's padding: the model's ``input.pixel_mean``.
+        seed, rank: with the epoch and the batch's index, they seed the batch's generator
+            (:func:`batch_generator`).
+
+    ``collate(batch, epoch=e, index=i)`` takes a numpy column batch of shard rows and returns
+    ``(images, targets)``: images ``Tensor[3, H, W]`` float32 in 0..1 (``lsj``: ``lsj_size`` square), targets
+    as ``collate_shard_batch`` gives them after the augmentation (boxes the masks' tight boxes, degenerate
+    instances dropped; an image may be left with no instance: boxes ``[0, 4]``, masks ``[0, H, W]``).
+    """
+
+    def __init__(
+        self,
+        augmentation: Any = None,
+        *,
+        num_keypoints: int = 0,
+        keypoint_names: Sequence[str] = (),
+        pad_fill: Sequence[float] = (0.485, 0.456, 0.406),
+        seed: int = 0,
+        rank: int = 0,
+    ):
+        from mrcnn.data.augment import AugmentationConfig, build_train_augmentation
+        from mrcnn.data.keypoints import flip_indices
+
+        config = augmentation if isinstance(augmentation, AugmentationConfig) else AugmentationConfig.from_dict(augmentation or {})
+        self.config = config
+        self.num_keypoints = num_keypoints
+        flips = flip_indices(keypoint_names) if num_keypoints and keypoint_names else None
+        self.augment = build_train_augmentation(config, flip_indices=flips, pad_fill=pad_fill)
+        self.seed, self.rank = seed, rank
+
+    def __call__(self, batch: Mapping[str, Any], *, epoch: int, index: int) -> tuple[list, list[dict]]:
+        from mrcnn.data.copy_paste import copy_paste
+        from pipelines.shards import collate_shard_batch
+
+        images, targets = collate_shard_batch(batch, num_keypoints=self.num_keypoints)
+        if self.config.kind == "none":
+            return images, targets
+        generator = batch_generator(self.seed, self.rank, epoch, index)
+        pairs = [self.augment(image, target, generator=generator) for image, target in zip(images, targets)]
+        images, targets = [image for image, _ in pairs], [target for _, target in pairs]
+        if self.config.copy_paste > 0:
+            images, targets = copy_paste(images, targets, probability=self.config.copy_paste, generator=generator)
+        return images, targets
 
 
 class ShardEpochs:
@@ -14,33 +80,47 @@ class ShardEpochs:
     out to make them equal), so every rank takes the same number of steps. The last batch of an epoch
     may be smaller than ``batch_size``: no image is dropped to fill batches.
 
+    The raw numpy batches (encoded images, RLE masks) become training batches through ``collate``
+    (:class:`TrainCollate`) in ``loader_threads`` background threads (:class:`mrcnn.data.prefetch.Prefetcher`),
+    ahead of the loop; 0 runs it in the loop's thread. The batches are the same either way: a batch's
+    randomness comes from ``(seed, rank, pass, index in the pass)``.
+
     Yields:
-        ``(images, targets)`` as :func:`pipelines.shards.collate_shard_batch` gives them (targets carry
-        ``image_id``).
+        ``(images, targets)`` as ``collate`` gives them (targets carry ``image_id``).
+
+    Attributes:
+        prefetcher: the current pass's :class:`~mrcnn.data.prefetch.Prefetcher` (``last_wait_s``: how long
+            the loop waited for the batch it got last).
 
     Raises:
         ValueError: a pass yields no batch (fewer training images than workers?).
     """
 
-    def __init__(self, shard: Any, batch_size: int, *, seed: int, num_keypoints: int = 0):
+    def __init__(self, shard: Any, batch_size: int, *, seed: int, collate: TrainCollate | None = None,
+                 loader_threads: int = 0):  # fmt: skip
         self.shard = shard
         self.batch_size = batch_size
         self.seed = seed
-        self.num_keypoints = num_keypoints
+        self.collate = collate or TrainCollate(seed=seed)
+        self.loader_threads = loader_threads
+        self.prefetcher = None
         self._passes = 0
 
     def __iter__(self) -> Iterator[tuple[list, list[dict]]]:
-        from pipelines.shards import collate_shard_batch
+        from mrcnn.data.prefetch import Prefetcher
 
-        seed = self.seed + self._passes
+        epoch = self._passes
         self._passes += 1
-        count = 0
-        for batch in self.shard.iter_batches(
+        raw = self.shard.iter_batches(
             batch_size=self.batch_size, batch_format="numpy", drop_last=False,
-            local_shuffle_buffer_size=4 * self.batch_size, local_shuffle_seed=seed,
-        ):  # fmt: skip
+            local_shuffle_buffer_size=4 * self.batch_size, local_shuffle_seed=self.seed + epoch,
+        )  # fmt: skip
+        self.prefetcher = Prefetcher(enumerate(raw), lambda item: self.collate(item[1], epoch=epoch, index=item[0]),
+                                     num_threads=self.loader_threads, depth=2 * self.loader_threads)  # fmt: skip
+        count = 0
+        for batch in self.prefetcher:
             count += 1
-            yield collate_shard_batch(batch, num_keypoints=self.num_keypoints)
+            yield batch
         if count == 0:
             raise ValueError("this worker's part of the training shards is empty (fewer training images than workers?)")
 

@@ -90,3 +90,36 @@ def test_backbone_weights_load_an_imagenet_resnet_state_dict(tmp_path):
         load_backbone_weights(model, str(tmp_path / "text.pth"))
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_backbone_weights(model, str(tmp_path / "missing.pth"))
+
+
+def test_the_lsj_recipe_parses_with_its_augmentation():
+    run = TrainRunConfig.from_yaml(ROOT / "configs" / "coco_r50_fpn_lsj.yaml").validate()
+    augmentation = run.augmentation_config()
+    assert (augmentation.kind, augmentation.lsj_size, augmentation.lsj_scale) == ("lsj", 1024, (0.1, 2.0))
+    assert augmentation.hflip == 0.5 and augmentation.copy_paste == 0.0
+    cfg = run.model_config()
+    assert cfg.solver.weight_decay == 4e-5 and isinstance(cfg.solver.weight_decay, float)
+    assert cfg.model.input.min_size == (1024,) and cfg.model.input.max_size == 1024
+    assert run.num_loader_threads() == 2  # GPU workers
+
+
+def test_augmentation_and_loader_threads_are_validated(tmp_path):
+    from mrcnn.config import ConfigError
+
+    with pytest.raises(ConfigError, match="augmentation.kind"):
+        TrainRunConfig(data="d", augmentation={"kind": "mosaic"}).validate()
+    with pytest.raises(ConfigError, match="augmentation: .*unknown"):
+        TrainRunConfig(data="d", augmentation={"kind": "lsj", "lsj_sise": 512}).validate()
+    with pytest.raises(ConfigError, match="copy_paste"):
+        TrainRunConfig(data="d", augmentation={"kind": "flip", "copy_paste": 0.5}).validate()
+    with pytest.raises(ValueError, match="loader_threads"):
+        TrainRunConfig(data="d", loader_threads=-2).validate()
+    assert TrainRunConfig(data="d").augmentation_config().kind == "none"
+    assert (TrainRunConfig(data="d").num_loader_threads(), TrainRunConfig(data="d", use_gpu=True).num_loader_threads()) == (1, 2)
+    assert TrainRunConfig(data="d", loader_threads=0).num_loader_threads() == 0
+    # YAML 1.2 numbers: 1e-4 is a float, in the run keys and in the overrides.
+    (tmp_path / "run.yaml").write_text("data: d\naugmentation: {kind: multiscale, min_sizes: [512, 576]}\n"
+                                       "overrides: {solver.base_lr: 1e-4}\nloader_threads: 3\n")  # fmt: skip
+    run = TrainRunConfig.from_yaml(tmp_path / "run.yaml").validate()
+    assert run.overrides["solver.base_lr"] == 1e-4 and run.loader_threads == 3
+    assert run.augmentation_config().min_sizes == (512, 576)

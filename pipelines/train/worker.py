@@ -76,7 +76,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         clip_grad_norm=cfg.solver.clip_grad_norm, world_size=world_size, state=state,
         # Only a time budget makes decisions on the elapsed time: without one, no all_reduce per step.
         sync_elapsed=max_across_ranks if run.minutes else None,
-        sync_stop=any_across_ranks if world_size > 1 else None,
+        sync_stop=any_across_ranks if world_size > 1 and run.patience else None,  # only early stopping asks to stop
     )  # fmt: skip
     trainer.register_hooks(_hooks(run, cfg, categories, rank=rank, model=model, state=state, tracker=tracker, device=device,
                                   num_keypoints=num_keypoints, extra_hooks=loop_config.get("extra_hooks", [])))  # fmt: skip

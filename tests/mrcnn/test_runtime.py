@@ -91,10 +91,11 @@ def test_mrcnn_predict_applies_it(small_checkpoint, tmp_path):
     """`mrcnn predict` on a CPU: the command makes malloc keep freed memory, and runs the Winograd model."""
     call = (
         "from mrcnn.inference import WinogradConv2d\n"
-        "from pipelines.cli import _load_predictor, main\n"
+        "from pipelines.cli import main\n"
+        "from pipelines.cli.images import load_predictor\n"
         f"code = main(['predict', {str(PHOTO)!r}, '--weights', {str(small_checkpoint)!r}, "
         f"'--out', {str(tmp_path / 'out.json')!r}])\n"
-        f"model = _load_predictor({str(small_checkpoint)!r}, None, 'cpu', None).inference_model\n"
+        f"model = load_predictor({str(small_checkpoint)!r}, arch=None, device='cpu', score_threshold=None).inference_model\n"
         "result = [code, any(isinstance(m, WinogradConv2d) for m in model.modules())]"
     )
     out = _run(call)

@@ -32,15 +32,15 @@ def store(tmp_path_factory, small_checkpoint):
         uri = default_tracking_uri(tmp_path_factory.mktemp("store"))
         tracker = Tracker.start(uri, "cli-model-references", "register")
         registered = register_checkpoint(tracker, small_checkpoint, model_name=MODEL_NAME, segm_ap=12.5)
+        tracker.log_artifact(small_checkpoint, "checkpoints")  # for a runs:/ reference to a file of the run
         tracker.end()
         assert (registered.version, registered.best_version) == ("1", "1")
         refs = {
             "file": str(small_checkpoint),
             "alias": f"models:/{MODEL_NAME}@best",
             "version": f"models:/{MODEL_NAME}/1",
-            "run": f"{registered.source}/{small_checkpoint.name}",
+            "run": f"runs:/{tracker.run_id}/checkpoints/{small_checkpoint.name}",
         }
-        assert refs["run"].startswith("runs:/")
         yield SimpleNamespace(uri=uri, refs=refs, run_id=tracker.run_id)
 
 

@@ -31,16 +31,24 @@ def test_write_atomic_inside_a_resolved_filesystem(tmp_path):
     assert read_uri(path) == b"hello"
 
 
-def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
-    target = tmp_path / "keep.txt"
-    target.write_text("old")
+class _MoveFails:
+    """The local filesystem, except that the final rename fails (a full disk, a lost connection)."""
 
-    def broken_move(self, src, dst):
+    def __init__(self) -> None:
+        self.inner = pafs.LocalFileSystem()
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def move(self, src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(pafs.LocalFileSystem, "move", broken_move)
+
+def test_a_failed_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "keep.txt"
+    target.write_text("old")
     with pytest.raises(OSError, match="disk full"):
-        write_atomic(target, "new")
+        write_atomic(str(target), "new", fs=_MoveFails())
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 

@@ -147,10 +147,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mrcnn.report import evaluate_per_class, format_per_class_table
 
     evaluated = _evaluate_predictions(args, args.predictions) if args.predictions else _evaluate_model(args, args.model)
-    _print_metrics(evaluated.metrics, args.json)
-    if not args.json:
-        print()
+    if not args.json:  # the per-class table, then the 12 numbers (the summary stays the last lines)
         print(format_per_class_table(evaluate_per_class(evaluated.gt, evaluated.results, iou_types=evaluated.iou_types)))
+        print()
+    _print_metrics(evaluated.metrics, args.json)
     if args.compare_predictions or args.compare_model:
         _print_comparison(args, evaluated)
     if args.report:

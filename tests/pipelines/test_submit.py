@@ -155,7 +155,7 @@ def test_stop_a_running_job(cluster, tmp_path):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["submit", "nope"], "unknown job 'nope'; known jobs: ablate, demo, evaluate, preprocess, segment, serve, train"),
+        (["submit", "nope"], "unknown job 'nope'; known jobs: ablate, demo, evaluate, export, preprocess, segment, serve, train"),
         (["jobs", "status", "mrcnn-train-nosuchjob"], "job mrcnn-train-nosuchjob: no such job"),
         (["submit", "train", "--env", "NOT_SET_ANYWHERE_XYZ"], "--env NOT_SET_ANYWHERE_XYZ: not set in this environment"),
     ],

@@ -111,7 +111,7 @@ def test_submit_preprocess_and_train_through_the_jobs_api(cluster, server, tmp_p
     assert run.info.status == "FINISHED"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 8
     assert client.get_metric_history(run.info.run_id, "segm/AP")
-    assert run.data.params["run.epochs"] == "2"
+    assert run.data.params["run.epochs"] == "2.0"  # a float field: YAML's 2 is parsed to its type (issue 16, case 5)
     assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["mlflow.source.git.commit"]), "the commit it was submitted from"
     assert client.get_model_version_by_alias("submit-test", "best").run_id == run.info.run_id
 

@@ -32,7 +32,7 @@ from mrcnn.data.categories import CategoryMap
 from mrcnn.data.dataset import build_target_from_columns, image_to_tensor
 from mrcnn.data.images import decode_image
 from mrcnn.records import SHARD_COLUMNS
-from pipelines.common.storage import display_path, join_path, read_bytes, read_uri, resolve_path
+from pipelines.common.storage import display_path, join_path, read_bytes, resolve_path
 
 __all__ = [
     "CATEGORIES_FILE",
@@ -40,8 +40,6 @@ __all__ = [
     "columns_schema",
     "list_shards",
     "read_categories",
-    "read_uri",
-    "resolve_path",
     "shard_file_name",
     "shard_schema",
     "shards_to_coco_gt",

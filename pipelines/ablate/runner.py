@@ -42,7 +42,8 @@ def prepare_data(
     ``OUT/shards``).
     """
     from pipelines.preprocess import preprocess_dataset
-    from pipelines.shards import join_path, list_shards, read_categories
+    from pipelines.common.storage import join_path
+    from pipelines.shards import list_shards, read_categories
 
     if data == "synthetic":
         from mrcnn.data.synthetic import make_synthetic_coco

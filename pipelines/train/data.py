@@ -134,13 +134,8 @@ def load_val(data_dir: str, max_images: int, num_keypoints: int = 0):
     """
     import pyarrow.parquet as pq
 
-    from pipelines.shards import (
-        collate_shard_batch,
-        join_path,
-        list_shards,
-        resolve_path,
-        shards_to_coco_gt,
-    )
+    from pipelines.common.storage import join_path, resolve_path
+    from pipelines.shards import collate_shard_batch, list_shards, shards_to_coco_gt
 
     split_dir = join_path(data_dir, "val")
     try:

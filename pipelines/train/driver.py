@@ -76,7 +76,8 @@ def _warn_about_setup(run: TrainRunConfig, cfg) -> None:
 
 
 def _has_val_split(data: str) -> bool:
-    from pipelines.shards import join_path, list_shards
+    from pipelines.common.storage import join_path
+    from pipelines.shards import list_shards
 
     try:
         return bool(list_shards(join_path(data, "val")))
@@ -178,7 +179,8 @@ def _train(run: TrainRunConfig, hooks: list, init_source) -> TrainResult:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipelines.shards import join_path, list_shards, read_categories
+    from pipelines.common.storage import join_path
+    from pipelines.shards import list_shards, read_categories
     from pipelines.train.worker import train_loop_per_worker
 
     categories = read_categories(run.data)
@@ -222,7 +224,7 @@ def _train(run: TrainRunConfig, hooks: list, init_source) -> TrainResult:
         import pyarrow.fs as pafs
 
         from mrcnn.checkpoint import load_checkpoint
-        from pipelines.shards import display_path
+        from pipelines.common.storage import display_path
 
         checkpoint = result.checkpoint
         checkpoint_path = display_path(run.storage_path, checkpoint.filesystem, f"{checkpoint.path}/{CHECKPOINT_FILE}")

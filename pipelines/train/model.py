@@ -102,7 +102,7 @@ def load_backbone_weights(model, path: str) -> None:
 
     import torch
 
-    from pipelines.shards import read_uri
+    from pipelines.common.storage import read_uri
 
     try:
         data = read_uri(path)

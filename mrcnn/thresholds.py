@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
+from mrcnn.data.categories import CategoryMap
 from mrcnn.evaluation import load_coco_gt
 from mrcnn.report.matching import DEFAULT_SCORE_THRESHOLD, ClassMatches, match_per_class
 
@@ -27,7 +28,9 @@ __all__ = [
     "apply_thresholds",
     "best_f1_threshold",
     "calibrate_thresholds",
+    "check_class_thresholds",
     "format_thresholds",
+    "stored_class_thresholds",
 ]
 DEFAULT_MIN_INSTANCES = 10
 
@@ -195,6 +198,54 @@ def apply_thresholds(records: Iterable[Mapping[str, Any]], thresholds: Mapping[i
         the kept records themselves (not copies).
     """
     return [r for r in records if float(r["score"]) >= float(thresholds.get(r["category_id"], default))]
+
+
+def check_class_thresholds(thresholds: Mapping[Any, Any], categories: CategoryMap, *, source: str) -> dict[int, float]:
+    """Per-class score thresholds as ``{category_id: score}``, checked against a category map.
+
+    Args:
+        thresholds: category id (int, or a string of one, as JSON keys are) -> score in [0, 1].
+        categories: the model's category map; every id must be in it.
+        source: what the thresholds are, for the error message (e.g. ``"thresholds.json"``).
+
+    Raises:
+        ValueError: not a mapping, an id that is not an integer or not in the map, a score that is not a
+            number in [0, 1]; the message names ``source`` and the bad entry.
+    """
+    if not isinstance(thresholds, Mapping):
+        raise ValueError(f"{source}: expected an object of category id -> score, got {type(thresholds).__name__}")
+    checked: dict[int, float] = {}
+    for key, value in thresholds.items():
+        try:
+            category_id = int(key)
+            if isinstance(key, (bool, float)) or str(category_id) != str(key).strip():
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: category id {key!r} is not an integer") from None
+        if category_id not in categories:
+            raise ValueError(f"{source}: unknown category id {category_id}; the model's ids: {categories.category_ids}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{source}: the threshold of category {category_id} must be a number in [0, 1], got {value!r}")
+        checked[category_id] = float(value)
+    return checked
+
+
+def stored_class_thresholds(metadata: Mapping[str, Any]) -> dict[int, float] | None:
+    """The per-class score thresholds a checkpoint's metadata holds under ``thresholds``, ``{category_id:
+    score}``; None when it holds none. The entry is ``mrcnn.thresholds.CalibratedThresholds.to_dict()``
+    (what ``mrcnn train`` stores) or a plain ``{category_id: score}`` object.
+
+    Raises:
+        ValueError: the entry is neither.
+    """
+    stored = metadata.get("thresholds")
+    if stored is None:
+        return None
+    if isinstance(stored, Mapping) and "classes" in stored:
+        return CalibratedThresholds.from_dict(stored).thresholds
+    if isinstance(stored, Mapping):
+        return {int(k): float(v) for k, v in stored.items()}
+    raise ValueError(f"checkpoint metadata 'thresholds': expected calibrated thresholds or an object, got {type(stored).__name__}")
 
 
 def format_thresholds(calibrated: CalibratedThresholds, names: Mapping[int, str] | None = None) -> str:

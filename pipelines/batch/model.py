@@ -2,8 +2,10 @@
 
 A ``models:/``/``runs:/`` URI or a checkpoint file becomes :class:`BatchModel`: the checkpoint file's bytes
 (sent to the actors through the object store, so workers on other nodes need no access to it), their
-sha256 (the output folder's manifest) and the checkpoint's config (evaluate reads its score threshold,
-name and IoU types from it). The driver loads the checkpoint once, to check it; each actor loads it once.
+sha256 (the output folder's manifest), the checkpoint's config (evaluate reads its score threshold,
+name and IoU types from it), its category map, and the per-class score thresholds stored with it (an MLflow
+Model's ``thresholds.json``, else the checkpoint's metadata). The driver loads the checkpoint once, to check
+it; each actor loads it once.
 """
 
 from __future__ import annotations
@@ -24,12 +26,17 @@ class BatchModel:
         data (bytes): the checkpoint file.
         sha256 (str): hex digest of ``data``.
         config (mrcnn.config.Config): the checkpoint's config.
+        categories (mrcnn.data.categories.CategoryMap | None): its category map.
+        class_thresholds (dict[int, float]): the per-class score thresholds stored with the model,
+            ``{category_id: score}`` ({} where it stores none).
     """
 
     uri: str
     data: bytes = field(repr=False)
     sha256: str
     config: Any = field(repr=False)
+    categories: Any = field(default=None, repr=False)
+    class_thresholds: dict[int, float] = field(default_factory=dict)
 
 
 def load_model(model: str | os.PathLike | BatchModel, tracking_uri: str | None = None) -> BatchModel:
@@ -43,10 +50,16 @@ def load_model(model: str | os.PathLike | BatchModel, tracking_uri: str | None =
     if isinstance(model, BatchModel):
         return model
     from mrcnn.checkpoint import load_checkpoint
-    from pipelines.tracking import resolve_model_uri
+    from mrcnn.thresholds import check_class_thresholds, stored_class_thresholds
+    from pipelines.tracking import model_thresholds, resolve_model_uri
 
     with tempfile.TemporaryDirectory(prefix="mrcnn-batch-model-") as tmp:
         path = resolve_model_uri(model, tracking_uri=tracking_uri, dst_dir=tmp)
-        config = load_checkpoint(path).config
+        checkpoint = load_checkpoint(path)
+        stored = model_thresholds(path)
+        if stored is None:
+            stored = stored_class_thresholds(checkpoint.metadata)
         data = path.read_bytes()
-    return BatchModel(uri=str(model), data=data, sha256=hashlib.sha256(data).hexdigest(), config=config)
+    thresholds = check_class_thresholds(stored or {}, checkpoint.categories, source=f"thresholds of {model}")
+    return BatchModel(uri=str(model), data=data, sha256=hashlib.sha256(data).hexdigest(), config=checkpoint.config,
+                      categories=checkpoint.categories, class_thresholds=thresholds)  # fmt: skip

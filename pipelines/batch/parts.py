@@ -64,8 +64,11 @@ def part_file_name(keys: Iterable[str]) -> str:
 
 
 # ---------------------------------------------------------------- output folder
-def _manifest(inp: _Input, model_uri: str, sha256: str, score_threshold: float, mask_threshold: float, overlays: bool) -> dict:
-    """The ``_segment.json`` object: what the output folder holds (input, model, the options that change results)."""
+def _manifest(inp: _Input, model_uri: str, sha256: str, score_threshold: float, mask_threshold: float, overlays: bool,
+              class_thresholds: dict[int, float] | None = None) -> dict:  # fmt: skip
+    """The ``_segment.json`` object: what the output folder holds (input, model, the options that change results);
+    ``class_thresholds`` (``{"category_id": score}``) only where per-class thresholds were in force."""
+    thresholds = {"class_thresholds": {str(k): v for k, v in sorted(class_thresholds.items())}} if class_thresholds else {}
     return {
         "version": MANIFEST_VERSION,
         "input": inp.resolved,
@@ -75,11 +78,13 @@ def _manifest(inp: _Input, model_uri: str, sha256: str, score_threshold: float, 
         "score_threshold": score_threshold,
         "mask_threshold": mask_threshold,
         "overlays": overlays,
+        **thresholds,
     }
 
 
 # Fields that must agree for a re-run to add to the same folder (model_uri may change: the hash decides).
-_RESUME_FIELDS = ("version", "input", "input_kind", "model_sha256", "score_threshold", "mask_threshold", "overlays")
+_RESUME_FIELDS = ("version", "input", "input_kind", "model_sha256", "score_threshold", "mask_threshold", "overlays",
+                  "class_thresholds")  # fmt: skip
 
 
 def _clear_outputs(fs: pafs.FileSystem, root: str) -> None:
@@ -102,9 +107,9 @@ def _prepare_out(fs: pafs.FileSystem, root: str, shown: str, manifest: dict, ove
             previous = json.loads(read_bytes(fs, path))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{shown}/{MANIFEST_FILE}: not valid json ({exc}); use --overwrite to start again") from None
-        changed = [name for name in _RESUME_FIELDS if previous.get(name) != manifest[name]]
+        changed = [name for name in _RESUME_FIELDS if previous.get(name) != manifest.get(name)]
         if changed:
-            details = "; ".join(f"{name}: {previous.get(name)!r} before, {manifest[name]!r} now" for name in changed)
+            details = "; ".join(f"{name}: {previous.get(name)!r} before, {manifest.get(name)!r} now" for name in changed)
             raise ValueError(
                 f"{shown} holds results of a different run ({details}); resuming needs the same input, model and "
                 f"options: use another --out, or --overwrite to discard them"

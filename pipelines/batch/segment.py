@@ -50,6 +50,7 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -72,6 +73,7 @@ from pipelines.common.storage import display_path, join_path, resolve_path, writ
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_PART_SIZE", "SegmentInterrupted", "SegmentSummary", "segment"]
 
 DEFAULT_PART_SIZE = 32  # images per map_batches call, and per part file
+DEFAULT_SCORE_THRESHOLD = 0.5  # the global threshold where none is given (mrcnn.Predictor's default)
 FORMATS = ("coco", "parquet", "both")
 
 
@@ -211,8 +213,9 @@ def segment(
     overlays: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     part_size: int = DEFAULT_PART_SIZE,
-    score_threshold: float = 0.5,
+    score_threshold: float | None = None,
     mask_threshold: float = 0.5,
+    class_thresholds: Mapping[int, float] | None = None,
     output_format: str = "both",
     overwrite: bool = False,
     retry_rejects: bool = False,
@@ -238,7 +241,12 @@ def segment(
         batch_size (int): images per forward pass.
         part_size (int): images per actor call and per part file: larger amortises Ray's per-task
             overhead, smaller loses less work in a crash.
-        score_threshold, mask_threshold (float): as ``mrcnn predict`` (both 0.5 by default).
+        score_threshold (float | None): one global class-score threshold (detections scoring above it are kept),
+            the class thresholds then off; None: the class thresholds, and 0.5 for classes without one.
+        mask_threshold (float): as ``mrcnn predict`` (0.5).
+        class_thresholds (Mapping[int, float] | None): per-class score thresholds ``{category_id: score}``
+            (kept when score >= it); None: those stored with the model (:attr:`BatchModel.class_thresholds`),
+            ``{}``: none. Ignored with a ``score_threshold``.
         output_format (str): ``"coco"`` (results.json), ``"parquet"`` (detections.parquet) or ``"both"``.
         overwrite (bool): discard what ``out`` holds instead of resuming.
         retry_rejects (bool): on a re-run, try every image rejected before again; by default only
@@ -260,13 +268,15 @@ def segment(
         ValueError: bad options, a bad model URI, or ``out`` holding another run's results.
     """
     start = time.perf_counter()
-    _check_options(workers=workers, batch_size=batch_size, part_size=part_size, score_threshold=score_threshold,
+    _check_options(workers=workers, batch_size=batch_size, part_size=part_size,
+                   score_threshold=DEFAULT_SCORE_THRESHOLD if score_threshold is None else score_threshold,
                    mask_threshold=mask_threshold, output_format=output_format, cpus_per_worker=cpus_per_worker)  # fmt: skip
     out_fs, out_root = resolve_path(out)
     shown_out = os.fspath(out).rstrip("/") or os.fspath(out)
     inp = _open_input(input, out_fs, out_root)
     loaded = load_model(model, tracking_uri)
-    manifest = _manifest(inp, loaded.uri, loaded.sha256, score_threshold, mask_threshold, overlays)
+    score_threshold, class_thresholds = _thresholds_in_force(loaded, score_threshold, class_thresholds)
+    manifest = _manifest(inp, loaded.uri, loaded.sha256, score_threshold, mask_threshold, overlays, class_thresholds)
     out_fs.create_dir(out_root, recursive=True)
     _prepare_out(out_fs, out_root, shown_out, manifest, overwrite)
 
@@ -278,12 +288,15 @@ def segment(
     todo = len(keys) - num_already_done
     if progress:
         _log(f"{len(keys)} images in {inp.shown} ({inp.kind}); {num_already_done} already done; {todo} to do")
+        _log(f"score thresholds: per-class for {len(class_thresholds)} classes (others {score_threshold:g})"
+             if class_thresholds else f"score threshold: global {score_threshold:g}")  # fmt: skip
     if todo:
         worker_kwargs = {
             "device": "cuda" if gpu else "cpu",
             "num_threads": None if gpu else max(1, int(cpus_per_worker or 1.0)),
             "score_threshold": score_threshold,
             "mask_threshold": mask_threshold,
+            "class_thresholds": class_thresholds,
             "batch_size": batch_size,
             "out": display_path(out, out_fs, out_root),
             "overlays": overlays,
@@ -317,6 +330,23 @@ def segment(
     )
     write_atomic(join_path(out_root, SUMMARY_FILE), json.dumps(summary.to_dict(), indent=1) + "\n", fs=out_fs)
     return summary
+
+
+def _thresholds_in_force(model: BatchModel, score_threshold: float | None,
+                         class_thresholds: Mapping[int, float] | None) -> tuple[float, dict[int, float]]:  # fmt: skip
+    """(global threshold, ``{category_id: score}``) a run applies: a given ``score_threshold`` alone; else the
+    given class thresholds, or the model's stored ones, with the default global threshold for the others.
+
+    Raises:
+        ValueError: class thresholds naming a category the model lacks, or a score outside [0, 1].
+    """
+    from mrcnn.thresholds import check_class_thresholds
+
+    if score_threshold is not None:
+        return float(score_threshold), {}
+    if class_thresholds is None:
+        return DEFAULT_SCORE_THRESHOLD, dict(model.class_thresholds)
+    return DEFAULT_SCORE_THRESHOLD, check_class_thresholds(class_thresholds, model.categories, source="class_thresholds")
 
 
 def _run_pipeline(

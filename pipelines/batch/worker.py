@@ -84,6 +84,8 @@ class SegmentWorker:
         device (str): ``"cpu"`` or ``"cuda"``.
         num_threads (int | None): torch CPU threads (the actor's CPUs); None leaves torch's default.
         score_threshold, mask_threshold (float): as :class:`mrcnn.predictor.Predictor`.
+        class_thresholds (dict[int, float]): per-class score thresholds ``{category_id: score}`` ({}: none,
+            ``score_threshold`` alone), as :class:`mrcnn.predictor.Predictor`; the driver has resolved them.
         batch_size (int): images per forward pass.
         out (str): the output folder (path or URI).
         overlays (bool): draw the masks over each image into ``OUT/overlays/``.
@@ -97,6 +99,7 @@ class SegmentWorker:
         num_threads: int | None = None,
         score_threshold: float = 0.5,
         mask_threshold: float = 0.5,
+        class_thresholds: dict[int, float] | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         out: str,
         overlays: bool = False,
@@ -122,7 +125,7 @@ class SegmentWorker:
                 handle.write(checkpoint)
             self.predictor = Predictor.from_checkpoint(
                 path, device=device, score_threshold=score_threshold, mask_threshold=mask_threshold,
-                optimize={"winograd": winograd},
+                class_thresholds=dict(class_thresholds or {}), optimize={"winograd": winograd},
             )
         self.batch_size = batch_size
         self.out_fs, self.out_root = resolve_path(out)

@@ -125,8 +125,9 @@ def _evaluate_model(args: argparse.Namespace, model: str) -> Evaluated:
         raise CLIError("eval needs either --gt and --predictions, or --model, --annotations and --images")
     annotations = args.annotations or args.gt
     gt = load_coco_gt(annotations)
+    # AP is measured over every detection above one low threshold: per-class thresholds stay off.
     predictor = load_predictor(model, arch=args.arch, device=args.device, score_threshold=args.score_threshold,
-                               tracking_uri=args.tracking_uri)  # fmt: skip
+                               class_thresholds={}, tracking_uri=args.tracking_uri)  # fmt: skip
     if args.score_threshold is None:
         predictor.score_threshold = predictor.config.model.box_head.score_thresh
     image_dir = Path(args.images)

@@ -72,26 +72,53 @@ def match_annotations(annotations: str | None, named: list[tuple[Path, str]]) ->
 
 
 def load_predictor(model: str, *, arch: str | None, device: str, score_threshold: float | None,
-                   tracking_uri: str | None = None):  # fmt: skip
+                   class_thresholds: dict[int, float] | None = None, tracking_uri: str | None = None):  # fmt: skip
     """A :class:`mrcnn.predictor.Predictor` for a model reference (a file, ``models:/NAME@ALIAS``,
     ``models:/NAME/VERSION``, ``runs:/RUN_ID/path``); a download is removed once the model is loaded.
 
+    Args:
+        score_threshold: one global threshold (the class thresholds are then off); None: the predictor's (0.5).
+        class_thresholds: None: the per-class thresholds stored with the model (an MLflow Model's
+            ``thresholds.json``, else the checkpoint's metadata), if any; ``{}``: none; a mapping
+            ``{category_id: score}``: those (:func:`pipelines.cli.options.class_thresholds_option` reads the flag).
+
     Raises:
-        ValueError: an unknown model, alias, version or run, a missing or unreadable file, an unknown ``arch``.
+        ValueError: an unknown model, alias, version or run, a missing or unreadable file, an unknown ``arch``,
+            thresholds naming a category the model lacks.
     """
     import torch
 
     from mrcnn import runtime
     from mrcnn.predictor import Predictor
+    from mrcnn.thresholds import check_class_thresholds
+    from pipelines.tracking import model_thresholds
 
     # This command's choice for its process (mrcnn.runtime): on a CPU malloc keeps freed memory, which is
     # also what makes the Winograd 3x3s pay off.
     winograd = torch.device(device).type == "cpu" and runtime.keep_freed_memory()
     with resolved_model(model, tracking_uri) as path:
-        predictor = Predictor.from_checkpoint(path, arch=arch, device=device, optimize={"winograd": winograd})
+        stored = model_thresholds(path) if class_thresholds is None else None
+        predictor = Predictor.from_checkpoint(path, arch=arch, device=device, optimize={"winograd": winograd},
+                                              class_thresholds=stored)  # fmt: skip
     if score_threshold is not None:
         predictor.score_threshold = score_threshold
+        predictor.class_thresholds = {}  # one global threshold
+    elif class_thresholds is not None:
+        try:
+            predictor.class_thresholds = check_class_thresholds(class_thresholds, predictor.categories,
+                                                                source="--class-thresholds")  # fmt: skip
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
     return predictor
+
+
+def thresholds_line(predictor, class_thresholds: dict[int, float] | None) -> str:
+    """One line saying which score thresholds ``predictor`` applies: stored per-class, given per-class, or global."""
+    if predictor.class_thresholds:
+        origin = "stored" if class_thresholds is None else "given"
+        return (f"score thresholds: {origin} per-class for {len(predictor.class_thresholds)} classes "
+                f"(others {predictor.score_threshold:g})")  # fmt: skip
+    return f"score threshold: global {predictor.score_threshold:g}"
 
 
 def _batches(named: list[tuple[Path, str]], batch_size: int, desc: str) -> Iterator[list[tuple[Path, str]]]:

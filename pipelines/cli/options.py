@@ -3,7 +3,7 @@
 - cluster: ``--address`` (a Ray cluster; default ``RAY_ADDRESS``, else a local Ray);
 - tracking: ``--tracking-uri`` (and ``--experiment`` where a verb logs runs);
 - model: ``--model`` (one kind of reference everywhere, see :data:`MODEL_REFERENCE_HELP`), ``--arch``,
-  ``--score-threshold``, ``--device``;
+  ``--score-threshold``, ``--class-thresholds`` (:func:`class_thresholds_option`), ``--device``;
 - actor pool: ``--workers``, ``--gpu``, ``--cpus-per-worker``, ``--batch-size`` (Ray Data actors);
 - config overrides: ``--set KEY=VALUE`` and :func:`parse_overrides`.
 """
@@ -26,6 +26,12 @@ MODEL_REFERENCE_HELP = (
     "or runs:/RUN_ID/path (from the MLflow store of --tracking-uri)"
 )
 CLUSTER_HELP = "Ray cluster address (default: RAY_ADDRESS, else a local Ray)"
+CLASS_THRESHOLDS_CHOICES = ("stored", "none")
+CLASS_THRESHOLDS_HELP = (
+    "per-class score thresholds: 'stored' (default: those stored with the model, calibrated on validation; a "
+    "class without one, and a model without any, uses the global threshold, 0.5), 'none' (the global threshold "
+    "only), or FILE.json, a {category_id: score} object. --score-threshold sets one global threshold instead"
+)
 
 
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
@@ -64,9 +70,11 @@ def add_model_options(
     score_help: str | None = None,
     arch: bool = False,
     device: bool = False,
+    class_thresholds: bool = False,
 ) -> None:
     """``--model`` (with older spellings as ``aliases``, e.g. ``--weights``; the value is ``args.model``),
-    ``--score-threshold``, and where the verb loads the model in this process ``--arch`` and ``--device``."""
+    ``--score-threshold``, where the verb loads the model in this process ``--arch`` and ``--device``, and
+    where it applies per-class score thresholds ``--class-thresholds`` (read with :func:`class_thresholds_option`)."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", *aliases, dest="model", required=required, metavar="MODEL",
                        help=model_help or MODEL_REFERENCE_HELP)  # fmt: skip
@@ -74,6 +82,8 @@ def add_model_options(
         group.add_argument("--arch", help="preset of a bare torchvision state dict (r50_fpn, r50_fpn_v2, r101_fpn, ...)")
     group.add_argument("--score-threshold", type=float, default=score_threshold, metavar="T",
                        help=score_help or f"keep detections scoring at least T (default {score_threshold})")  # fmt: skip
+    if class_thresholds:
+        group.add_argument("--class-thresholds", metavar="stored|none|FILE.json", help=CLASS_THRESHOLDS_HELP)
     if device:
         group.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
@@ -111,6 +121,40 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         except ConfigError as exc:
             raise CLIError(str(exc)) from None
     return overrides
+
+
+def class_thresholds_option(value: str | None, score_threshold: float | None) -> dict[int, float] | None:
+    """What ``--class-thresholds`` asks for, given ``--score-threshold``.
+
+    Returns:
+        None: the thresholds stored with the model (``stored``, the default); ``{}``: none, one global threshold
+        (``none``, or a ``--score-threshold`` given); ``{category_id: score}`` read from a json file (the ids
+        and scores are checked against the model's category map where it is loaded).
+
+    Raises:
+        CLIError: a file that is missing or not a json object of category id -> number, or ``stored`` or a file
+            together with ``--score-threshold`` (which sets one global threshold).
+    """
+    import json
+
+    if score_threshold is not None:
+        if value not in (None, "none"):
+            raise CLIError(f"--class-thresholds {value}: --score-threshold sets one global threshold; give one of the two")
+        return {}
+    if value in (None, "stored"):
+        return None
+    if value == "none":
+        return {}
+    path = Path(value)
+    if not path.is_file():
+        raise CLIError(f"--class-thresholds {value}: no such file (expected stored, none or a {{category_id: score}} json)")
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise TypeError(f"got {type(data).__name__}")
+        return {int(key): float(score) for key, score in data.items()}
+    except (ValueError, TypeError) as exc:
+        raise CLIError(f"--class-thresholds {value}: expected a json object of category id -> score ({exc})") from None
 
 
 @contextmanager

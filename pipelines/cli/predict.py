@@ -6,18 +6,21 @@ import argparse
 import json
 import sys
 
-from pipelines.cli.images import image_names, load_predictor, match_annotations, predict_images
-from pipelines.cli.options import add_model_options, add_tracking_options
+from pipelines.cli.images import image_names, load_predictor, match_annotations, predict_images, thresholds_line
+from pipelines.cli.options import add_model_options, add_tracking_options, class_thresholds_option
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "predict", help="segment images in this process; write a COCO results json (and overlays)",
         description="Segment image files and folders in this process, with a progress bar over the images; write "
-        "their detections as a COCO results json, and overlays with --overlay-dir.",
+        "their detections as a COCO results json, and overlays with --overlay-dir. The per-class score thresholds "
+        "stored with the model apply unless --score-threshold or --class-thresholds say otherwise.",
     )  # fmt: skip
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    add_model_options(p, aliases=("--weights",), score_threshold=0.5, arch=True, device=True)
+    add_model_options(p, aliases=("--weights",), arch=True, device=True, class_thresholds=True,
+                      score_help="one global threshold: keep detections scoring above T, whatever the model's "
+                      "per-class thresholds (default: those, and 0.5 for classes without one)")  # fmt: skip
     add_tracking_options(p)
     p.add_argument("--out", required=True, help="COCO results json to write")
     p.add_argument("--overlay-dir", help="write PNGs with the masks drawn here")
@@ -30,8 +33,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pipelines.common.storage import write_atomic
 
     named, image_ids = match_annotations(args.annotations, image_names(args.images))
+    class_thresholds = class_thresholds_option(args.class_thresholds, args.score_threshold)
     predictor = load_predictor(args.model, arch=args.arch, device=args.device, score_threshold=args.score_threshold,
-                               tracking_uri=args.tracking_uri)  # fmt: skip
+                               class_thresholds=class_thresholds, tracking_uri=args.tracking_uri)  # fmt: skip
+    print(thresholds_line(predictor, class_thresholds), file=sys.stderr)
     results, skipped = predict_images(
         predictor,
         named,

@@ -14,13 +14,14 @@
 - :mod:`~pipelines.tracking.model_uri`: :func:`resolve_model_uri` / :func:`describe_model`:
   ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/path``, ``mlflow-artifacts:`` /
   ``file:`` URIs and local paths to a local checkpoint file (the weights file of an MLflow Model), for
-  batch segmentation and Serve.
+  batch segmentation and Serve; :func:`model_thresholds`: the per-class score thresholds a resolved MLflow
+  Model stores beside its weights.
 
 Every function takes the tracking URI explicitly. mlflow is imported inside the functions, so importing
 this package costs nothing.
 """
 
-from pipelines.tracking.model_uri import CHECKPOINT_SUFFIXES, describe_model, resolve_model_uri
+from pipelines.tracking.model_uri import CHECKPOINT_SUFFIXES, describe_model, model_thresholds, resolve_model_uri
 from pipelines.tracking.registry import BEST_ALIAS, SEGM_AP_TAG, RegistrationResult, register_checkpoint
 from pipelines.tracking.run import ARTIFACT_IMAGE_SUFFIXES, RUN_STATUSES, Tracker, write_loss_curves_png
 from pipelines.tracking.store import (
@@ -60,6 +61,7 @@ __all__ = [
     "default_tracking_uri",
     "describe_model",
     "local_artifact_root",
+    "model_thresholds",
     "register_checkpoint",
     "resolve_model_uri",
     "sanitize_key",

@@ -6,11 +6,13 @@ holding the raw training checkpoint) resolves to that checkpoint; both load with
 
 ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` (or ``/latest``), ``runs:/RUN_ID/path``,
 ``mlflow-artifacts:`` / ``http(s):`` / ``s3:`` URIs, ``file:`` URIs and local paths: :func:`resolve_model_uri`
-gives the checkpoint file, :func:`describe_model` says what the URI points at without downloading.
+gives the checkpoint file, :func:`describe_model` says what the URI points at without downloading, and
+:func:`model_thresholds` reads the per-class score thresholds an MLflow Model stores beside that file.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import tempfile
@@ -20,13 +22,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.tracking.registry import SEGM_AP_TAG, tag_float, version_by_alias
-from pipelines.tracking.store import env_tracking_uri, filter_literal, found_or_raise, get_run, mlflow_client, one_line
+from pipelines.tracking.store import (
+    env_tracking_uri,
+    filter_literal,
+    found_or_raise,
+    get_run,
+    mlflow_client,
+    one_line,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 MLMODEL_FILENAME = "MLmodel"  # the file that makes a folder an MLflow Model
+WEIGHTS_ARTIFACT = "weights"  # the pyfunc artifacts of pipelines.tracking.pyfunc's model
+THRESHOLDS_ARTIFACT = "thresholds"
 
 
 
@@ -102,6 +113,54 @@ def _checkpoint_in(path: Path, uri: str) -> Path:
     raise ValueError(
         f"model URI {uri!r}: expected one checkpoint file in the artifacts, found {len(checkpoints or files)} {found}"
     )
+
+
+def pyfunc_artifacts(model_dir: str | os.PathLike) -> dict[str, Path]:
+    """The artifacts of an MLflow Model folder's python_function flavor, ``{name: path}`` (paths inside
+    ``model_dir``); {} where the folder has no MLmodel or no such flavor."""
+    import yaml
+
+    model_dir = Path(model_dir)
+    try:
+        flavor = yaml.safe_load((model_dir / MLMODEL_FILENAME).read_text())["flavors"]["python_function"]
+        return {name: model_dir / entry["path"] for name, entry in (flavor.get("artifacts") or {}).items()}
+    except (OSError, KeyError, TypeError, AttributeError, yaml.YAMLError):
+        return {}
+
+
+def read_thresholds(path: str | os.PathLike | None) -> dict[int, float] | None:
+    """Per-class score thresholds from a ``thresholds.json`` (``{category_id: score}``); None without a file.
+
+    Raises:
+        ValueError: the file is not a JSON object of category id -> number.
+    """
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        raw = json.loads(Path(path).read_text())
+        return {int(k): float(v) for k, v in raw.items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"thresholds {path}: expected a JSON object of category id -> score ({exc})") from None
+
+
+def model_thresholds(checkpoint: str | os.PathLike) -> dict[int, float] | None:
+    """The per-class score thresholds ``{category_id: score}`` stored with a resolved model: the
+    ``thresholds.json`` of the MLflow Model folder whose weights ``checkpoint`` is. None where ``checkpoint``
+    is not such a model's weights, or its model has no thresholds artifact: a checkpoint's own metadata
+    (``mrcnn.thresholds.stored_class_thresholds``, what ``Predictor.from_checkpoint`` reads) then applies.
+
+    Raises:
+        ValueError: the model's thresholds file is not a JSON object of category id -> number.
+    """
+    checkpoint = Path(checkpoint).resolve()
+    for folder in list(checkpoint.parents)[:3]:  # MODEL/artifacts/model.ckpt
+        if (folder / MLMODEL_FILENAME).is_file():
+            artifacts = pyfunc_artifacts(folder)
+            weights = artifacts.get(WEIGHTS_ARTIFACT)
+            if weights is None or weights.resolve() != checkpoint:
+                return None
+            return read_thresholds(artifacts.get(THRESHOLDS_ARTIFACT))
+    return None
 
 
 def _download_run_artifact(client: MlflowClient, uri: str, run_id: str, path: str, dst_dir: Path) -> Path:

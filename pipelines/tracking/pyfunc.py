@@ -7,13 +7,19 @@ A model folder (what :func:`save_pyfunc_model` writes, and what a registered mod
                                 map and metadata inside; read with mrcnn.checkpoint.load_checkpoint)
     artifacts/config.json       the config (Config.to_dict()), for readers without torch
     artifacts/categories.json   the category map (CategoryMap.to_list())
-    artifacts/thresholds.json   optional: per-class score thresholds {category_id: score}
+    artifacts/thresholds.json   optional: per-class score thresholds {category_id: score}, applied by default
 
 ``mlflow.pyfunc.load_model(uri).predict(image)`` takes one HxWx3 uint8 RGB array and returns that image's
 detection records (``mrcnn.records.DETECTION_FIELDS``: ``category_id``, ``bbox`` XYWH, ``score``,
 ``segmentation`` compressed RLE, ..., keypoints for a keypoint model), or a list of such arrays and returns a
-list of record lists. ``params={"score_threshold": s, "max_detections": n}`` override the predictor's for one
-call.
+list of record lists.
+
+Score thresholds: the model applies the per-class thresholds it stores (``thresholds.json``; a model without
+one: those in its checkpoint's metadata, if any), as :class:`mrcnn.Predictor` does: a detection is kept when
+its score is >= its class's threshold, a class without one uses the global ``score_threshold`` (0.5). Params
+override them for one call: ``score_threshold`` (a number) sets one global threshold and ignores the class
+thresholds; ``class_thresholds`` (a JSON object as a string, ``'{"3": 0.7}'``; ``'{}'``: none) replaces
+them; ``max_detections`` caps the records per image.
 
 The signature has no input schema: MLflow's tensor schema cannot say "one HxWx3 image, or a list of images
 of different sizes" (a ``TensorSpec(uint8, (-1, -1, 3))`` rejects the list before ``predict`` sees it), so
@@ -36,15 +42,18 @@ from typing import TYPE_CHECKING, Any
 import mlflow.pyfunc
 import numpy as np
 
-from pipelines.tracking.model_uri import MLMODEL_FILENAME
+from pipelines.tracking.model_uri import (
+    THRESHOLDS_ARTIFACT,
+    WEIGHTS_ARTIFACT,
+    pyfunc_artifacts,
+    read_thresholds,
+)
 
 if TYPE_CHECKING:
     from mrcnn.checkpoint import Checkpoint
 
-WEIGHTS_ARTIFACT = "weights"
 CONFIG_ARTIFACT = "config"
 CATEGORIES_ARTIFACT = "categories"
-THRESHOLDS_ARTIFACT = "thresholds"
 WEIGHTS_FILENAME = "model.ckpt"
 THRESHOLDS_FILENAME = "thresholds.json"
 INPUT_EXAMPLE_SHAPE = (32, 32, 3)  # H, W, 3: a black image; the model runs on it when the example is checked
@@ -57,13 +66,18 @@ class MaskRCNNPyfunc(mlflow.pyfunc.PythonModel):
 
     Model config (``mlflow.pyfunc.load_model(uri, model_config={...})``): ``device`` (default ``cuda`` when
     available, else ``cpu``), ``score_threshold`` and ``mask_threshold`` (the Predictor's defaults, 0.5).
+
+    Attributes:
+        thresholds (dict[int, float]): the stored per-class score thresholds in force, ``{category_id: score}``.
     """
 
     def load_context(self, context) -> None:
-        """Build the Predictor from the ``weights`` artifact; read ``thresholds`` when the model has one.
+        """Build the Predictor from the ``weights`` artifact, with the ``thresholds`` artifact's per-class
+        score thresholds where the model has one (else those of the checkpoint's metadata, if any).
 
         Raises:
             mrcnn.checkpoint.CheckpointError: the weights file is missing or does not fit its config.
+            ValueError: the thresholds file is not a JSON object of category id -> score in the category map.
         """
         import torch
 
@@ -72,9 +86,10 @@ class MaskRCNNPyfunc(mlflow.pyfunc.PythonModel):
         config = dict(context.model_config or {})
         device = config.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
         kwargs = {key: float(config[key]) for key in ("score_threshold", "mask_threshold") if config.get(key) is not None}
-        self.predictor = Predictor.from_checkpoint(context.artifacts[WEIGHTS_ARTIFACT], device=device, **kwargs)
-        # Per-class thresholds {category_id: score}: stored with the model, kept here for callers to read.
-        self.thresholds = read_thresholds(context.artifacts.get(THRESHOLDS_ARTIFACT))
+        stored = read_thresholds(context.artifacts.get(THRESHOLDS_ARTIFACT))  # None: the checkpoint's own, if any
+        self.predictor = Predictor.from_checkpoint(context.artifacts[WEIGHTS_ARTIFACT], device=device,
+                                                   class_thresholds=stored, **kwargs)  # fmt: skip
+        self.thresholds = dict(self.predictor.class_thresholds)
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         """Detection records for one image (a list of records) or for a list of images (a list of lists).
@@ -82,10 +97,13 @@ class MaskRCNNPyfunc(mlflow.pyfunc.PythonModel):
         Args:
             model_input: an HxWx3 uint8 RGB array, or a list of them (any sizes); integer arrays with values
                 in 0..255 are taken as uint8.
-            params: optional ``score_threshold`` (float) and ``max_detections`` (int) for this call.
+            params: optional, for this call: ``score_threshold`` (float: one global threshold, the class
+                thresholds ignored), ``class_thresholds`` (str: a JSON object ``{category_id: score}`` replacing
+                the stored ones; ``"{}"``: none) and ``max_detections`` (int).
 
         Raises:
-            ValueError: an input that is not an HxWx3 uint8 array (or a list of them), naming the bad one.
+            ValueError: an input that is not an HxWx3 uint8 array (or a list of them), naming the bad one; a
+                ``class_thresholds`` that is not a JSON object of known category ids -> scores in [0, 1].
         """
         single = isinstance(model_input, np.ndarray)
         if not (single or isinstance(model_input, (list, tuple))):
@@ -97,9 +115,25 @@ class MaskRCNNPyfunc(mlflow.pyfunc.PythonModel):
         records = self.predictor.predict(
             images,
             score_threshold=None if params.get("score_threshold") is None else float(params["score_threshold"]),
+            class_thresholds=_class_thresholds_param(params.get("class_thresholds")),
             max_detections=None if params.get("max_detections") is None else int(params["max_detections"]),
         )
         return records[0] if single else records
+
+
+def _class_thresholds_param(value: Any) -> dict | None:
+    """The ``class_thresholds`` param (a JSON object as a string, or a mapping) as a dict; None when not given.
+    The Predictor checks the ids and scores."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"params class_thresholds: expected a JSON object of category id -> score ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"params class_thresholds: expected a JSON object of category id -> score, got {type(value).__name__}")
+    return value
 
 
 def _checked_image(image: Any, where: str) -> np.ndarray:
@@ -114,31 +148,17 @@ def _checked_image(image: Any, where: str) -> np.ndarray:
     raise ValueError(f"{where}: expected an HxWx3 uint8 array, got {what}")
 
 
-def read_thresholds(path: str | os.PathLike | None) -> dict[int, float] | None:
-    """Per-class score thresholds from a ``thresholds.json`` (``{category_id: score}``); None without a file.
-
-    Raises:
-        ValueError: the file is not a JSON object of category id -> number.
-    """
-    if path is None or not Path(path).is_file():
-        return None
-    try:
-        raw = json.loads(Path(path).read_text())
-        return {int(k): float(v) for k, v in raw.items()}
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f"thresholds {path}: expected a JSON object of category id -> score ({exc})") from None
-
-
 def signature():
-    """The model signature: no input schema (see the module docstring), params ``score_threshold`` and
-    ``max_detections`` (None: the predictor's own)."""
+    """The model signature: no input schema (see the module docstring), params ``score_threshold``,
+    ``class_thresholds`` (a JSON string) and ``max_detections`` (None: the model's own)."""
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec
 
     return ModelSignature(
         inputs=None,
         outputs=None,
-        params=ParamSchema([ParamSpec("score_threshold", "double", None), ParamSpec("max_detections", "long", None)]),
+        params=ParamSchema([ParamSpec("score_threshold", "double", None), ParamSpec("class_thresholds", "string", None),
+                            ParamSpec("max_detections", "long", None)]),
     )
 
 
@@ -213,15 +233,10 @@ def weights_in_model_dir(path: str | os.PathLike) -> Path:
         ValueError: the folder's MLmodel has no python_function flavor with a ``weights`` artifact, or the
             file it names is missing.
     """
-    import yaml
-
     path = Path(path)
-    try:
-        flavor = yaml.safe_load((path / MLMODEL_FILENAME).read_text())["flavors"]["python_function"]
-        relative = flavor["artifacts"][WEIGHTS_ARTIFACT]["path"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        raise ValueError(f"MLflow model {path}: no python_function flavor with a '{WEIGHTS_ARTIFACT}' artifact") from None
-    weights = path / relative
+    weights = pyfunc_artifacts(path).get(WEIGHTS_ARTIFACT)
+    if weights is None:
+        raise ValueError(f"MLflow model {path}: no python_function flavor with a '{WEIGHTS_ARTIFACT}' artifact")
     if not weights.is_file():
-        raise ValueError(f"MLflow model {path}: its '{WEIGHTS_ARTIFACT}' artifact {relative} is missing")
+        raise ValueError(f"MLflow model {path}: its '{WEIGHTS_ARTIFACT}' artifact {weights.relative_to(path)} is missing")
     return weights

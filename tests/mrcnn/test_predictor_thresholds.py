@@ -11,7 +11,12 @@ from mrcnn.config import get_preset
 from mrcnn.data.categories import Category, CategoryMap
 from mrcnn.modeling import build_model
 from mrcnn.predictor import Predictor
-from mrcnn.thresholds import CalibratedThresholds, ClassThreshold, check_class_thresholds, stored_class_thresholds
+from mrcnn.thresholds import (
+    CalibratedThresholds,
+    ClassThreshold,
+    check_class_thresholds,
+    stored_class_thresholds,
+)
 
 CATEGORIES = CategoryMap(categories=tuple(Category(id=i, name=n) for i, n in [(23, "triangle"), (7, "circle"),
                                                                                (90, "hexagon"), (11, "square"), (42, "star")]))  # fmt: skip

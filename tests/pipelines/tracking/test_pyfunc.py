@@ -12,7 +12,8 @@ import pytest
 
 from mrcnn.checkpoint import load_checkpoint
 from mrcnn.predictor import Predictor
-from pipelines.tracking import Tracker, register_checkpoint, resolve_model_uri
+from mrcnn.thresholds import apply_thresholds, stored_class_thresholds
+from pipelines.tracking import Tracker, model_thresholds, register_checkpoint, resolve_model_uri
 from tests.pipelines.tracking.readback import fresh_client
 
 LIGHT = {"model.backbone.out_channels": 64, "model.box_head.representation_size": 128, "model.mask_head.conv_dim": 64,
@@ -27,6 +28,12 @@ def _images() -> list[np.ndarray]:
 
 def _assert_same_records(got: list[dict], expected: list[dict]) -> None:
     assert len(got) == len(expected) > 0
+    assert json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+def _assert_thresholded(got: list[list[dict]], all_records: list[list[dict]], thresholds: dict[int, float], default: float) -> None:
+    """``got`` holds exactly the records of ``all_records`` (at threshold 0) with score >= their class's threshold."""
+    expected = [apply_thresholds(records, thresholds, default) for records in all_records]
     assert json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)
 
 
@@ -79,6 +86,17 @@ def test_pyfunc_model_of_a_training_run_predicts_what_the_predictor_predicts(ser
     assert [len(r) for r in capped] == [3, 3] and capped[1] == expected[1][:3]
     with pytest.raises(Exception, match=r"expected an HxWx3 uint8 array, got float32 array of shape \(8, 8, 3\)"):
         model.predict([images[0], np.zeros((8, 8, 3), np.float32)])
+    # Without params the model applies the thresholds calibrated at the final evaluation (thresholds.json, the
+    # same as the training checkpoint's metadata); a params object replaces them, {} turns them off.
+    stored = model.unwrap_python_model().thresholds
+    assert stored and stored == stored_class_thresholds(load_checkpoint(trained.checkpoint_path).metadata)
+    _assert_thresholded(model.predict(images), expected, stored, 0.5)
+    scores = sorted(r["score"] for r in expected[0])
+    middle = {c: scores[len(scores) // 2] for c in stored}
+    asked = model.predict(images, params={"class_thresholds": json.dumps({str(c): t for c, t in middle.items()})})
+    assert 0 < len(asked[0]) < len(expected[0])
+    _assert_thresholded(asked, expected, middle, 0.5)
+    _assert_thresholded(model.predict(images, params={"class_thresholds": "{}"}), expected, {}, 0.5)
 
     # The registered artifact is the weights only: no optimizer state, much smaller than the training checkpoint.
     weights = resolve_model_uri("models:/pyfunc-model@best", tracking_uri=uri, dst_dir=tmp_path / "best")
@@ -110,6 +128,15 @@ def test_pyfunc_keypoint_model_and_stored_thresholds(server, small_keypoint_chec
     for got, want in zip(model.predict(images, params={"score_threshold": 0.0}), expected):
         _assert_same_records(got, want)
         assert "keypoints" in got[0]
+    # The stored threshold applies unless params override it; the verbs' loader finds it beside the weights.
+    applied = model.predict(images)
+    assert 0 < sum(map(len, applied)) < sum(map(len, expected))
+    _assert_thresholded(applied, expected, {1: 0.25}, 0.5)
+    _assert_thresholded(model.predict(images, params={"class_thresholds": '{"1": 0.3}'}), expected, {1: 0.3}, 0.5)
+    with pytest.raises(Exception, match="unknown category id 9"):
+        model.predict(images[0], params={"class_thresholds": '{"9": 0.5}'})
+    weights = resolve_model_uri(f"models:/pyfunc-keypoints/{result.version}", tracking_uri=uri, dst_dir=tmp_path / "kp")
+    assert model_thresholds(weights) == {1: 0.25} and model_thresholds(small_keypoint_checkpoint) is None
     as_json = images[1].astype(np.int64)  # what a JSON request to `mlflow models serve` becomes
     _assert_same_records(model.predict(as_json, params={"score_threshold": 0.0}),
                          Predictor.from_checkpoint(small_keypoint_checkpoint).predict(images[1:], score_threshold=0.0)[0])

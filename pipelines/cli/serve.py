@@ -10,7 +10,8 @@ from pipelines.cli.options import add_cluster_options, add_model_options, add_tr
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="online segmentation: a Ray Serve HTTP endpoint and a web page")
-    add_model_options(p, score_help="default when a request gives none (default 0.5)")
+    add_model_options(p, score_help="one global threshold for requests that give none, instead of the per-class "
+                      "thresholds stored with the model (default: those, and 0.5 for classes without one)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy binds (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     scaling = p.add_mutually_exclusive_group()

@@ -3,7 +3,7 @@
 Routes (see docs/serving.md for the reference):
 
 - ``POST /v1/segment``: one image (raw body or multipart); JSON detections, or a PNG overlay.
-- ``GET /v1/model``: which model is served (URI, registry version, segm AP, category map).
+- ``GET /v1/model``: which model is served (URI, registry version, segm AP, category map, score thresholds).
 - ``GET /v1/stats``: this replica's request and batch-size counters.
 - ``GET /healthz``: liveness; the only route open without the token.
 - ``GET /``: a web page to try the model in a browser (``web/index.html``).
@@ -114,7 +114,8 @@ def _add_info_routes(api: FastAPI, service: SegmentationModel) -> None:
         return {
             **service.model_info,
             "device": str(service.predictor.device),
-            "default_score_threshold": config.score_threshold,
+            # The global threshold: of every class where class_thresholds is empty, else of those it lacks.
+            "default_score_threshold": service.predictor.score_threshold,
             "batching": {"max_batch_size": config.max_batch_size, "batch_wait_timeout_s": config.batch_wait_timeout_s},
             "limits": {
                 "max_body_bytes": config.max_body_bytes,
@@ -145,12 +146,13 @@ def _add_segment_route(api: FastAPI, service: SegmentationModel) -> None:
     async def segment(request: Request):
         started = time.perf_counter()
         service.stats.requests += 1
-        query = parse_segment_query(request.query_params.multi_items(), default_threshold=config.score_threshold)
+        query = parse_segment_query(request.query_params.multi_items(), category_ids=categories.category_ids)
         kind = check_content_type(request.headers.get("content-type"))
         body = await read_body(request, config.max_body_bytes)
         data = body if kind == "raw" else await multipart_file(request, body)
         image = await asyncio.to_thread(decode_request_image, data, config)
-        result, batch_size = await service.predict(Job(image=image, score_threshold=query.score_threshold))
+        job = Job(image=image, score_threshold=query.score_threshold, class_thresholds=query.class_thresholds)
+        result, batch_size = await service.predict(job)
         if isinstance(result, Exception):
             raise ApiError(422, "inference_failed", f"the model could not process this image: {str(result).splitlines()[0][:300]}")
         records = detections_to_records(result, categories, max_detections=query.max_detections)
@@ -159,18 +161,23 @@ def _add_segment_route(api: FastAPI, service: SegmentationModel) -> None:
             png = await asyncio.to_thread(overlay_png, image, records, skeletons=categories.skeletons)
             return Response(png, media_type="image/png", headers={**headers, "X-Instances": str(len(records))})
         instances = await asyncio.to_thread(instances_json, records, query.mask_format)
-        payload = _segment_payload(service.model_info, image.shape[:2], query, instances, batch_size, started)
+        in_force = service.predictor.thresholds_in_force(**job.thresholds)
+        payload = _segment_payload(service.model_info, image.shape[:2], query, in_force, instances, batch_size, started)
         return JSONResponse(payload, headers=headers)
 
 
-def _segment_payload(model_info: dict[str, Any], image_size: tuple[int, int], query: SegmentQuery, instances: list[dict[str, Any]],
-                     batch_size: int, started: float) -> dict[str, Any]:  # fmt: skip
-    """``POST /v1/segment``'s JSON answer (``image_size``: (H, W); ``started``: ``time.perf_counter()``)."""
+def _segment_payload(model_info: dict[str, Any], image_size: tuple[int, int], query: SegmentQuery,
+                     in_force: tuple[float, dict[int, float]], instances: list[dict[str, Any]], batch_size: int,
+                     started: float) -> dict[str, Any]:  # fmt: skip
+    """``POST /v1/segment``'s JSON answer (``image_size``: (H, W); ``in_force``: the request's (global threshold,
+    ``{category_id: score}``) as ``Predictor.thresholds_in_force`` gives them; ``started``: ``time.perf_counter()``)."""
     H, W = image_size
+    default, per_class = in_force
     return {
         "model": {key: model_info.get(key) for key in ("uri", "name", "version")},
         "image": {"height": H, "width": W},
-        "score_threshold": query.score_threshold,
+        "score_threshold": default,
+        "class_thresholds": {str(c): t for c, t in sorted(per_class.items())},
         "mask_format": query.mask_format,
         "num_instances": len(instances),
         "instances": instances,

@@ -38,7 +38,9 @@ class ServeConfig:
         max_pixels: images whose header declares more pixels get 422, before any decoding.
         min_side: images with a side shorter than this get 422.
         max_aspect_ratio: images longer than this times their width (or wider) get 422.
-        score_threshold: default class-score threshold when the request gives none.
+        score_threshold: None (default): requests that give no threshold get the per-class score thresholds
+            stored with the model (0.5 for classes without one, and for a model without any); a number: one
+            global class-score threshold instead (the stored ones off). A request may override either.
     """
 
     model: str
@@ -58,7 +60,7 @@ class ServeConfig:
     max_pixels: int = 25_000_000
     min_side: int = 16
     max_aspect_ratio: float = 20.0
-    score_threshold: float = 0.5
+    score_threshold: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -85,7 +87,7 @@ class ServeConfig:
                 raise ValueError(f"serve config {name}: expected a non-negative number, got {value!r}")
         if not (math.isfinite(self.max_aspect_ratio) and self.max_aspect_ratio >= 1):
             raise ValueError(f"serve config max_aspect_ratio: expected a number >= 1, got {self.max_aspect_ratio!r}")
-        if not 0.0 <= self.score_threshold <= 1.0:
+        if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
             raise ValueError(f"serve config score_threshold: expected a value in [0, 1], got {self.score_threshold!r}")
         if self.autoscale is not None:
             low, high = self.autoscale

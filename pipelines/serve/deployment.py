@@ -55,11 +55,18 @@ class Job:
 
     Attributes:
         image: np.ndarray[H, W, 3] uint8 RGB.
-        score_threshold: the request's class-score threshold.
+        score_threshold: the request's one global class-score threshold, or None.
+        class_thresholds: the request's ``{category_id: score}`` (``{}``: none), or None: the served model's.
     """
 
     image: np.ndarray
-    score_threshold: float
+    score_threshold: float | None = None
+    class_thresholds: dict[int, float] | None = None
+
+    @property
+    def thresholds(self) -> dict[str, Any]:
+        """The keyword arguments of ``Predictor.filter_detections`` / ``run_threshold`` for this job."""
+        return {"score_threshold": self.score_threshold, "class_thresholds": self.class_thresholds}
 
 
 class SegmentationModel:
@@ -70,8 +77,11 @@ class SegmentationModel:
 
     Attributes:
         config (ServeConfig): the deployment's configuration.
-        predictor (mrcnn.predictor.Predictor): the model, on ``cuda`` with ``gpu`` else the CPU.
-        model_info (dict): ``GET /v1/model``'s description of the model (URI, registry, AP, categories).
+        predictor (mrcnn.predictor.Predictor): the model, on ``cuda`` with ``gpu`` else the CPU, with the
+            per-class score thresholds stored with it (the MLflow Model's ``thresholds.json``, else the
+            checkpoint's metadata), or one global threshold where the config gives ``score_threshold``.
+        model_info (dict): ``GET /v1/model``'s description of the model (URI, registry, AP, categories,
+            ``class_thresholds`` in force ``{"category_id": score}``).
         stats (BatchStats): this replica's counters.
         replica (dict): ``{"id": Serve's replica id or None, "actor": the Ray actor's name}``.
     """
@@ -81,7 +91,7 @@ class SegmentationModel:
 
         from mrcnn import runtime
         from mrcnn.predictor import Predictor
-        from pipelines.tracking import describe_model, resolve_model_uri
+        from pipelines.tracking import describe_model, model_thresholds, resolve_model_uri
 
         self.config = ServeConfig.from_dict(config)
         if not self.config.gpu:
@@ -90,9 +100,12 @@ class SegmentationModel:
         # which is also what makes the Winograd 3x3s pay off.
         winograd = not self.config.gpu and runtime.keep_freed_memory()
         checkpoint = resolve_model_uri(self.config.model, tracking_uri=self.config.tracking_uri)
+        # One global threshold where the config gives one; else the stored per-class ones (None: the checkpoint's).
+        stored = {} if self.config.score_threshold is not None else model_thresholds(checkpoint)
         self.predictor = Predictor.from_checkpoint(
-            checkpoint, device="cuda" if self.config.gpu else "cpu", score_threshold=self.config.score_threshold,
+            checkpoint, device="cuda" if self.config.gpu else "cpu", class_thresholds=stored,
             optimize={"winograd": winograd},
+            **({} if self.config.score_threshold is None else {"score_threshold": self.config.score_threshold}),
         )
         self.model_info = self._describe(describe_model, checkpoint)
         self.stats = BatchStats()
@@ -115,6 +128,7 @@ class SegmentationModel:
             task=self.predictor.config.model.task,
             num_classes=categories.num_classes,
             categories=categories.to_list(),  # keypoint categories also name their keypoints and skeleton
+            class_thresholds={str(c): t for c, t in sorted(self.predictor.class_thresholds.items())},
         )
         return info
 
@@ -149,18 +163,14 @@ class SegmentationModel:
     def _predict_jobs(self, jobs: list[Job]) -> list[Any]:
         """The model's detections per job (``predict_raw`` dicts), or the exception its image raised.
 
-        The model runs at the batch's lowest threshold and each job keeps its own (``scores >
-        threshold``, as the model's own filter), which gives the same detections as running it alone.
-        If the batch fails, each image runs alone, so one bad image fails only its own request.
+        The model runs at the batch's lowest threshold and each job keeps what its own thresholds keep
+        (``Predictor.filter_detections``: a global one, or per-class ones), which gives the same detections
+        as running it alone. If the batch fails, each image runs alone, so one bad image fails only its own
+        request.
         """
-        threshold = min(job.score_threshold for job in jobs)
+        threshold = min(self.predictor.run_threshold(**job.thresholds) for job in jobs)
         raw = self.predictor.predict_each([job.image for job in jobs], raw=True, score_threshold=threshold)
         return [
-            detection if isinstance(detection, Exception) else _keep_above(detection, job.score_threshold)
+            detection if isinstance(detection, Exception) else self.predictor.filter_detections(detection, **job.thresholds)
             for detection, job in zip(raw, jobs)
         ]
-
-
-def _keep_above(detection: dict[str, Any], threshold: float) -> dict[str, Any]:
-    keep = detection["scores"] > threshold
-    return {key: value[keep] for key, value in detection.items()}

@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ MASK_FORMATS = ("rle", "polygon")
 # Content types sent as the raw body. Others (besides multipart) get 415.
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 MULTIPART_FIELDS = ("image", "file")
-QUERY_KEYS = ("score_threshold", "max_detections", "mask_format", "overlay")
+QUERY_KEYS = ("score_threshold", "class_thresholds", "max_detections", "mask_format", "overlay")
 MAX_DETECTIONS_LIMIT = 10_000
 # ImageDecodeError.reason -> HTTP status: the body is not a usable image (400) or is one we refuse (422).
 DECODE_ERROR_STATUS = {"too_many_pixels": 422, "zero_size": 422, "unsupported_mode": 422}
@@ -49,29 +50,48 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class SegmentQuery:
-    """The query options of ``POST /v1/segment``."""
+    """The query options of ``POST /v1/segment``.
 
-    score_threshold: float
+    ``score_threshold``: one global threshold for this request (the class thresholds off), or None;
+    ``class_thresholds``: ``{category_id: score}`` replacing the model's for this request (``{}``: none), or
+    None. Neither: the thresholds the model is served with (``mrcnn.Predictor``'s semantics).
+    """
+
+    score_threshold: float | None
     max_detections: int | None = None
     mask_format: str = "rle"
     overlay: bool = False
+    class_thresholds: dict[int, float] | None = None
 
 
-def parse_segment_query(params: Mapping[str, str] | list[tuple[str, str]], *, default_threshold: float) -> SegmentQuery:
+def parse_segment_query(
+    params: Mapping[str, str] | list[tuple[str, str]],
+    *,
+    default_threshold: float | None = None,
+    category_ids: Sequence[int] | None = None,
+) -> SegmentQuery:
     """Validate ``/v1/segment``'s query; ``ApiError(422)`` naming the parameter on anything bad.
 
     Args:
-        params: ``(key, value)`` pairs (repeated keys are refused) or a mapping.
-        default_threshold: the score threshold when none is given.
+        params: ``(key, value)`` pairs (repeated keys are refused) or a mapping. ``class_thresholds`` is a JSON
+            object ``{"category_id": score}`` (``{}``: none); it cannot be given with ``score_threshold``.
+        default_threshold: the score threshold when neither ``score_threshold`` nor ``class_thresholds`` is given.
+        category_ids: the model's category ids, which ``class_thresholds`` may name (None: any).
     """
     seen = _query_values(params)
-    threshold = default_threshold if "score_threshold" not in seen else _score_threshold(seen["score_threshold"])
+    if "score_threshold" in seen and "class_thresholds" in seen:
+        raise _bad_query("class_thresholds: give either score_threshold (one global threshold) or class_thresholds, not both")
+    class_thresholds = None if "class_thresholds" not in seen else _class_thresholds(seen["class_thresholds"], category_ids)
+    threshold = default_threshold if class_thresholds is None else None
+    if "score_threshold" in seen:
+        threshold = _score_threshold(seen["score_threshold"])
     max_detections = None if "max_detections" not in seen else _max_detections(seen["max_detections"])
     mask_format = seen.get("mask_format", "rle")
     if mask_format not in MASK_FORMATS:
         raise _bad_query(f"mask_format: expected one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
     overlay = False if "overlay" not in seen else _overlay(seen["overlay"])
-    return SegmentQuery(score_threshold=threshold, max_detections=max_detections, mask_format=mask_format, overlay=overlay)
+    return SegmentQuery(score_threshold=threshold, max_detections=max_detections, mask_format=mask_format, overlay=overlay,
+                        class_thresholds=class_thresholds)  # fmt: skip
 
 
 def _bad_query(message: str) -> ApiError:
@@ -99,6 +119,27 @@ def _score_threshold(raw: str) -> float:
     if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
         raise _bad_query(f"score_threshold: expected a number in [0, 1], got {raw!r}")
     return threshold
+
+
+def _class_thresholds(raw: str, category_ids: Sequence[int] | None) -> dict[int, float]:
+    """``{"category_id": score, ...}`` as ``{category_id: score}``; ids must be the model's, scores in [0, 1]."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise _bad_query(f"class_thresholds: expected a JSON object of category id -> score, e.g. {{\"1\": 0.7}}, got {raw[:200]!r}")
+    thresholds: dict[int, float] = {}
+    for key, value in data.items():
+        if not key.strip().lstrip("-").isdigit():
+            raise _bad_query(f"class_thresholds: category id {key!r} is not an integer")
+        category_id = int(key)
+        if category_ids is not None and category_id not in category_ids:
+            raise _bad_query(f"class_thresholds: unknown category id {category_id}; the model's ids: {list(category_ids)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise _bad_query(f"class_thresholds: the threshold of category {category_id} must be a number in [0, 1], got {value!r}")
+        thresholds[category_id] = float(value)
+    return thresholds
 
 
 def _max_detections(raw: str) -> int:

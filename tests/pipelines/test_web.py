@@ -51,9 +51,19 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def endpoint(small_checkpoint, small_keypoint_checkpoint):
+def keypoint_checkpoint_with_thresholds(small_keypoint_checkpoint, tmp_path_factory):
+    """The small keypoint checkpoint with a per-class score threshold in its metadata (house: 0.42)."""
+    from mrcnn.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(small_keypoint_checkpoint)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "keypoints_thresholds.ckpt", model=checkpoint.build_model(),
+                           config=checkpoint.config, categories=checkpoint.categories, metadata={"thresholds": {"1": 0.42}})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def endpoint(small_checkpoint, keypoint_checkpoint_with_thresholds):
     app = {"model": str(small_checkpoint), "replicas": 1, "max_batch_size": 4, "token": TOKEN}
-    keypoint_app = {"model": str(small_keypoint_checkpoint), "replicas": 1, "max_batch_size": 1}
+    keypoint_app = {"model": str(keypoint_checkpoint_with_thresholds), "replicas": 1, "max_batch_size": 1}
     with serve_endpoint({"mrcnn": app, "keypoints": keypoint_app}) as ep:
         yield ep
 
@@ -83,6 +93,9 @@ def test_upload_shows_masks_labels_and_scores(browser, endpoint, tmp_path):
         page.goto(endpoint.url("mrcnn"))
         page.wait_for_function("document.getElementById('model').textContent.includes('circle')", timeout=60_000)
         assert page.input_value("#threshold") == "0.5"  # the model's default, from /v1/model
+        # A model without per-class thresholds: one global threshold, and no per-class switch.
+        assert page.inner_text("#thresholds-text") == "score threshold: 0.50 for every class"
+        assert not page.is_visible("#per-class")
 
         page.set_input_files("#file", str(PHOTO))
         page.wait_for_function("window.mrcnnView.state === 'done'", timeout=180_000)
@@ -165,10 +178,22 @@ def test_keypoint_model_draws_keypoints_and_skeleton(browser, endpoint, tmp_path
     try:
         page.goto(endpoint.url("keypoints"))
         page.wait_for_function("document.getElementById('model').textContent.includes('house')", timeout=60_000)
-        _set_threshold(page, 0.0)
+        # The stored per-class threshold is shown and applied: the request gives no score_threshold.
+        assert page.inner_text("#thresholds-text") == "per-class score thresholds: house 0.42; others 0.50"
+        assert page.is_checked("#per-class")
         page.set_input_files("#file", str(houses))
-        page.wait_for_function("window.mrcnnView.state === 'done' && window.mrcnnView.drawn > 0", timeout=180_000)
+        page.wait_for_function("window.mrcnnView.state === 'done'", timeout=180_000)
+        stored = page.evaluate("window.mrcnnView")
+        assert stored["requestThreshold"] is None and stored["response"]["class_thresholds"] == {"1": 0.42}
+        assert all(inst["score"] >= 0.42 for inst in stored["response"]["instances"])
+        assert "above the per-class thresholds" in page.inner_text("#status")
+        # Moving the slider sets one global threshold instead.
+        _set_threshold(page, 0.0)
+        assert not page.is_checked("#per-class")
+        page.wait_for_function("window.mrcnnView.state === 'done' && window.mrcnnView.requestThreshold === 0 "
+                               "&& window.mrcnnView.drawn > 0", timeout=180_000)  # fmt: skip
         instances = page.evaluate("window.mrcnnView.response.instances")
+        assert len(instances) > len(stored["response"]["instances"])
         assert all(len(inst["keypoints"]) == 15 for inst in instances)
         # A 128 px image is drawn 4x (whole pixels), so it is readable on the page.
         assert page.evaluate("window.mrcnnView.scale") == 4
@@ -182,7 +207,7 @@ def test_keypoint_model_draws_keypoints_and_skeleton(browser, endpoint, tmp_path
         context.close()
 
 
-PAGE_BLOCKS = ("h1", "#model", "#drop", "#controls", "#layout")
+PAGE_BLOCKS = ("h1", "#model", "#thresholds", "#drop", "#controls", "#layout")
 
 
 def _overlap(a: dict, b: dict) -> bool:

@@ -1,7 +1,8 @@
 """The online endpoint (``pipelines.serve``) against a real Ray Serve HTTP endpoint on 127.0.0.1.
 
 The module's endpoint serves the small checkpoint through the MLflow registry (``models:/...@best``
-in a SQLite store) with 2 replicas, batching and a bearer token; a second application ("tiny": one
+in a SQLite store, with per-class score thresholds stored in the model) with 2 replicas, batching and a
+bearer token; a second application ("tiny": one
 replica, one request at a time, a queue of one) shows the 503 + Retry-After answer to overload, and
 serves a keypoint model (masks + keypoints of the synthetic houses).
 The replica-kill test runs last: it disturbs the endpoint.
@@ -17,6 +18,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.parse
 import zlib
 from pathlib import Path
 
@@ -36,6 +38,7 @@ TOKEN = "test-token-7f3a"
 MODEL_NAME = "serve-test"
 SEGM_AP = 12.5
 MAX_BODY_BYTES = 2_000_000
+STORED_THRESHOLDS = {1: 0.0, 3: 0.2}  # registered with the model (thresholds.json); other classes: 0.5
 
 
 # ---------------------------------------------------------------- inputs
@@ -96,7 +99,7 @@ def registered_model(small_checkpoint, tmp_path_factory) -> tuple[str, str]:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         tracking_uri = default_tracking_uri(tmp_path_factory.mktemp("serve-mlflow"))
     with Tracker.start(tracking_uri, "serve-test", "serve-run") as tracker:
-        register_checkpoint(tracker, small_checkpoint, model_name=MODEL_NAME, segm_ap=SEGM_AP)
+        register_checkpoint(tracker, small_checkpoint, model_name=MODEL_NAME, segm_ap=SEGM_AP, thresholds=STORED_THRESHOLDS)
     return f"models:/{MODEL_NAME}@best", tracking_uri
 
 
@@ -155,6 +158,7 @@ def test_model_info(endpoint, registered_model):
     assert [(c["id"], c["name"], c["label"]) for c in info["categories"]] == [
         (1, "circle", 1), (2, "square", 2), (3, "triangle", 3), (4, "star", 4), (5, "ring", 5)]  # fmt: skip
     assert info["batching"]["max_batch_size"] == 8 and info["limits"]["max_body_bytes"] == MAX_BODY_BYTES
+    assert info["class_thresholds"] == {"1": 0.0, "3": 0.2} and info["default_score_threshold"] == 0.5
 
 
 def test_keypoint_model_answers_keypoints_and_draws_the_skeleton(endpoint, small_rgb, small_keypoint_checkpoint):
@@ -302,6 +306,8 @@ def _bad_inputs(photo: bytes, small_rgb: Image.Image) -> list[tuple[str, bytes, 
         ("score_threshold=2", good, "image/png", "?score_threshold=2", 422),
         ("score_threshold=abc", good, "image/png", "?score_threshold=abc", 422),
         ("score_threshold=nan", good, "image/png", "?score_threshold=nan", 422),
+        ("class_thresholds not json", good, "image/png", "?class_thresholds=abc", 422),
+        ("class_thresholds unknown id", good, "image/png", "?" + urllib.parse.urlencode({"class_thresholds": '{"99": 0.5}'}), 422),
         ("max_detections=-1", good, "image/png", "?max_detections=-1", 422),
         ("mask_format=png", good, "image/png", "?mask_format=png", 422),
         ("overlay=maybe", good, "image/png", "?overlay=maybe", 422),
@@ -325,6 +331,36 @@ def test_bad_inputs_give_4xx_json_and_the_endpoint_keeps_serving(endpoint, photo
     stats = _ok(request(endpoint.url("mrcnn", "v1/stats"), token=TOKEN))
     assert "internal_error" not in stats["errors"]
     _ok(_segment(endpoint, photo, "image/jpeg"))
+
+
+def _thresholds_query(**params) -> str:
+    return "?" + urllib.parse.urlencode({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
+
+
+def test_stored_thresholds_apply_unless_the_request_overrides(endpoint, small_rgb):
+    data = _png(small_rgb)
+    everything = _ok(_segment(endpoint, data, query="?score_threshold=0"))
+    assert (everything["score_threshold"], everything["class_thresholds"]) == (0.0, {})
+
+    def kept(thresholds: dict[int, float], default: float) -> list[tuple[int, float]]:
+        return [(i["category_id"], i["score"]) for i in everything["instances"] if i["score"] >= thresholds.get(i["category_id"], default)]
+
+    def got(result: dict) -> list[tuple[int, float]]:
+        return [(i["category_id"], i["score"]) for i in result["instances"]]
+
+    stored = _ok(_segment(endpoint, data))  # no threshold in the request: the model's per-class thresholds
+    assert (stored["score_threshold"], stored["class_thresholds"]) == (0.5, {"1": 0.0, "3": 0.2})
+    assert 0 < len(stored["instances"]) < len(everything["instances"])
+    assert got(stored) == pytest.approx(kept(STORED_THRESHOLDS, 0.5))
+    asked = _ok(_segment(endpoint, data, query=_thresholds_query(class_thresholds={"2": 0.1})))
+    assert asked["class_thresholds"] == {"2": 0.1} and got(asked) == pytest.approx(kept({2: 0.1}, 0.5))
+    none = _ok(_segment(endpoint, data, query=_thresholds_query(class_thresholds={})))  # {} = none: the global 0.5
+    assert none["class_thresholds"] == {} and got(none) == got(_ok(_segment(endpoint, data, query="?score_threshold=0.5")))
+    for query in (_thresholds_query(class_thresholds={"1": 2}), _thresholds_query(class_thresholds="[1]"),
+                  _thresholds_query(class_thresholds={"1": 0.3}, score_threshold=0.3)):  # fmt: skip
+        reply = _segment(endpoint, data, query=query)
+        assert reply.status == 422 and "class_thresholds" in reply.json()["error"]["message"], (query, reply.body[:300])
+    assert _segment(endpoint, data).status == 200
 
 
 def test_32_concurrent_requests_are_batched(endpoint, small_rgb):

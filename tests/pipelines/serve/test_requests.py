@@ -25,6 +25,20 @@ def test_query_parsing():
         parse_segment_query([("overlay", "1"), ("overlay", "0")], default_threshold=0.5)
 
 
+def test_class_thresholds_query():
+    assert parse_segment_query([]).score_threshold is None and parse_segment_query([]).class_thresholds is None
+    query = parse_segment_query([("class_thresholds", '{"1": 0.25, "7": 1}')], default_threshold=0.5, category_ids=[1, 7])
+    assert (query.class_thresholds, query.score_threshold) == ({1: 0.25, 7: 1.0}, None)
+    assert parse_segment_query([("class_thresholds", "{}")], category_ids=[1]).class_thresholds == {}
+    bad = ['{"1": 1.5}', '{"1": "0.5"}', '{"1": true}', '{"x": 0.5}', '{"9": 0.5}', "[0.5]", "0.5", "{", '{"1": NaN}']
+    for raw in bad:
+        with pytest.raises(ApiError, match="class_thresholds") as info:
+            parse_segment_query([("class_thresholds", raw)], category_ids=[1, 7])
+        assert info.value.status == 422, raw
+    with pytest.raises(ApiError, match="not both"):
+        parse_segment_query([("class_thresholds", "{}"), ("score_threshold", "0.5")])
+
+
 def test_content_type_and_token_checks():
     assert check_content_type("image/jpeg") == check_content_type(None) == check_content_type("application/octet-stream") == "raw"
     assert check_content_type("multipart/form-data; boundary=x") == "multipart"

@@ -52,12 +52,12 @@ def browser():
 
 @pytest.fixture(scope="module")
 def keypoint_checkpoint_with_thresholds(small_keypoint_checkpoint, tmp_path_factory):
-    """The small keypoint checkpoint with a per-class score threshold in its metadata (house: 0.42)."""
+    """The small keypoint checkpoint with a per-class score threshold in its metadata (house: 0.6)."""
     from mrcnn.checkpoint import load_checkpoint, save_checkpoint
 
     checkpoint = load_checkpoint(small_keypoint_checkpoint)
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "keypoints_thresholds.ckpt", model=checkpoint.build_model(),
-                           config=checkpoint.config, categories=checkpoint.categories, metadata={"thresholds": {"1": 0.42}})  # fmt: skip
+                           config=checkpoint.config, categories=checkpoint.categories, metadata={"thresholds": {"1": 0.6}})  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -179,13 +179,13 @@ def test_keypoint_model_draws_keypoints_and_skeleton(browser, endpoint, tmp_path
         page.goto(endpoint.url("keypoints"))
         page.wait_for_function("document.getElementById('model').textContent.includes('house')", timeout=60_000)
         # The stored per-class threshold is shown and applied: the request gives no score_threshold.
-        assert page.inner_text("#thresholds-text") == "per-class score thresholds: house 0.42; others 0.50"
+        assert page.inner_text("#thresholds-text") == "per-class score thresholds: house 0.60; others 0.50"
         assert page.is_checked("#per-class")
         page.set_input_files("#file", str(houses))
         page.wait_for_function("window.mrcnnView.state === 'done'", timeout=180_000)
         stored = page.evaluate("window.mrcnnView")
-        assert stored["requestThreshold"] is None and stored["response"]["class_thresholds"] == {"1": 0.42}
-        assert all(inst["score"] >= 0.42 for inst in stored["response"]["instances"])
+        assert stored["requestThreshold"] is None and stored["response"]["class_thresholds"] == {"1": 0.6}
+        assert all(inst["score"] >= 0.6 for inst in stored["response"]["instances"])
         assert "above the per-class thresholds" in page.inner_text("#status")
         # Moving the slider sets one global threshold instead.
         _set_threshold(page, 0.0)

@@ -169,6 +169,9 @@ def test_folder_with_bad_files_gives_every_good_image_and_matches_predict(cluste
     code = main(["segment", "--model", str(small_checkpoint), "--input", str(image_folder), "--out", str(out),
                  "--score-threshold", "0.3"])  # fmt: skip
     assert code == 2
+    (tmp_path / "thresholds.json").write_text(json.dumps({"1": 0.25}))  # per-class thresholds are such an option too
+    assert main(["segment", "--model", str(small_checkpoint), "--input", str(image_folder), "--out", str(out),
+                 "--class-thresholds", str(tmp_path / "thresholds.json")]) == 2  # fmt: skip
     assert json.loads((out / "results.json").read_text()) == results
 
 
@@ -273,20 +276,59 @@ def test_killed_driver_resumes_with_one_result_set_per_image(cluster, reference_
         (["--model", "{ckpt}", "--input", "{tmp}/nowhere"], "input folder not found"),
         (["--model", "{ckpt}", "--input", "{tmp}/empty"], "no image files"),
         (["--model", "{ckpt}", "--input", "{tmp}/in", "--workers", "0"], "workers"),
+        (["--model", "{ckpt}", "--input", "{tmp}/in", "--class-thresholds", "{tmp}/t.json"], "unknown category id 99"),
     ],
-    ids=["missing-model", "not-a-checkpoint", "missing-input", "no-images", "zero-workers"],
+    ids=["missing-model", "not-a-checkpoint", "missing-input", "no-images", "zero-workers", "unknown-class"],
 )
 def test_bad_arguments_give_one_line_error(tmp_path, small_checkpoint, capsys, args, expected):
     """Checked on the driver before any Ray work: one `mrcnn: error:` line, exit code 2, nothing written."""
     (tmp_path / "in").mkdir()
     (tmp_path / "empty").mkdir()
     (tmp_path / "in" / "notes.txt").write_text("not a checkpoint\n")
+    (tmp_path / "t.json").write_text('{"99": 0.5}')
     Image.new("RGB", (32, 24)).save(tmp_path / "in" / "black.png")
     argv = [a.format(tmp=tmp_path, ckpt=small_checkpoint) for a in args]
     assert main(["segment", *argv, "--out", str(tmp_path / "out")]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mrcnn: error:")]
     assert len(errors) == 1 and expected in errors[0], errors
     assert not (tmp_path / "out" / "_parts").exists()
+
+
+def test_stored_thresholds_reach_the_actors(small_checkpoint, image_folder, tmp_path, monkeypatch):
+    """The driver finds the thresholds an MLflow Model stores beside its weights (or a checkpoint in its
+    metadata), resolves what a run applies, and each actor's predictor applies them (no Ray pipeline here)."""
+    from mrcnn.checkpoint import load_checkpoint, save_checkpoint
+    from mrcnn.data.images import load_image
+    from mrcnn.predictor import Predictor
+    from pipelines.batch.model import load_model
+    from pipelines.batch.segment import _thresholds_in_force
+    from pipelines.batch.worker import SegmentWorker
+    from pipelines.tracking.pyfunc import save_pyfunc_model
+
+    monkeypatch.setenv("MRCNN_KEEP_FREED_MEMORY", "0")  # the test process keeps its malloc settings
+    images = [load_image(p) for p in good_images(image_folder)[:1]]
+    everything = Predictor.from_checkpoint(small_checkpoint, score_threshold=0.0).predict(images)[0]
+    counts = {c: sum(r["category_id"] == c for r in everything) for c in {r["category_id"] for r in everything}}
+    common = sorted(counts, key=lambda c: -counts[c])[:2]  # the two most frequent classes, cut at their medians
+    stored = {c: float(np.median([r["score"] for r in everything if r["category_id"] == c])) for c in common}
+    folder = save_pyfunc_model(small_checkpoint, tmp_path / "model", thresholds=stored)
+    from_folder = load_model(str(folder))
+    assert from_folder.class_thresholds == stored and load_model(small_checkpoint).class_thresholds == {}
+    checkpoint = load_checkpoint(small_checkpoint)
+    in_metadata = save_checkpoint(tmp_path / "m.ckpt", model=checkpoint.build_model(), config=checkpoint.config,
+                                  categories=checkpoint.categories, metadata={"thresholds": stored})  # fmt: skip
+    assert load_model(in_metadata).class_thresholds == stored
+    assert _thresholds_in_force(from_folder, None, None) == (0.5, stored)
+    assert _thresholds_in_force(from_folder, 0.3, None) == (0.3, {})
+    assert _thresholds_in_force(from_folder, None, {}) == (0.5, {})
+    assert _thresholds_in_force(from_folder, None, {"2": 0.2}) == (0.5, {2: 0.2})
+
+    worker = SegmentWorker(checkpoint=from_folder.data, class_thresholds=stored, out=str(tmp_path / "out"))
+    got = worker._predict(images)[0]
+    expected = [r for r in everything if r["score"] >= stored.get(r["category_id"], 0.5)]
+    assert 0 < len(got) < len(everything)
+    assert [(r["category_id"], r["score"], r["segmentation"]) for r in got] == [
+        (r["category_id"], r["score"], r["segmentation"]) for r in expected]  # fmt: skip
 
 
 def test_assembly_keeps_one_row_per_image(tmp_path):

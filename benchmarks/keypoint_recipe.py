@@ -8,8 +8,9 @@ demo's generator) for training with seed 0 and a holdout with an unseen seed (``
 default 1000), trains ``--preset`` (default ``r18_fpn_small_keypoints``) with ``--override`` dotted
 keys through :func:`mrcnn.engine.fit`, and after each step count in ``--eval-at`` scores OKS
 keypoint AP (and bbox AP) on the holdout. ``--threads`` sets ``torch.set_num_threads`` (default 1:
-the machine is shared, so compare steps, and time steps separately). The training seconds exclude
-evaluation. Prints one JSON line per evaluation.
+the machine is shared, so compare steps, and time steps separately). ``cpu_s_per_step`` is the
+process's CPU time per training step (data loading included, evaluation excluded): with one thread,
+the wall time of a step on an idle core. Prints one JSON line per evaluation.
 """
 
 from __future__ import annotations
@@ -38,20 +39,29 @@ class EvaluateAt(HookBase):
         self.evaluate = evaluate
         self.base = base
         self.eval_s = 0.0
+        self.eval_cpu_s = 0.0
+
+    def before_train(self) -> None:
+        self.cpu_start = time.process_time()
 
     def after_step(self) -> None:
         state = self.trainer.state
+        if state.iteration % 10 == 0:
+            print(f"step {state.iteration} cpu {time.process_time() - self.cpu_start:.0f}s", file=sys.stderr, flush=True)
         if state.iteration not in self.steps:
             return
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         metrics = self.evaluate()
         self.trainer.model.train()
         self.eval_s += time.perf_counter() - started
+        self.eval_cpu_s += time.process_time() - started_cpu
+        train_cpu_s = time.process_time() - self.cpu_start - self.eval_cpu_s
         train_s = time.perf_counter() - self.trainer._start - self.eval_s
         recent = state.history[-20:]
         print(json.dumps({
             **self.base, "step": state.iteration, "train_s": round(train_s, 1),
             "s_per_step": round(sum(r["step_s"] for r in recent) / len(recent), 3),
+            "cpu_s_per_step": round(train_cpu_s / state.iteration, 3),
             "loss_keypoint": round(sum(r["loss_keypoint"] for r in recent) / len(recent), 3),
             "keypoints_AP": round(metrics["keypoints"]["AP"], 1), "keypoints_AP50": round(metrics["keypoints"]["AP50"], 1),
             "bbox_AP": round(metrics["bbox"]["AP"], 1), "load_avg_1min": round(os.getloadavg()[0], 2),

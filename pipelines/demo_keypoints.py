@@ -47,6 +47,30 @@ def make_houses(root: Path, *, num_train: int, num_val: int, seed: int) -> dict[
     return {"train_seed": seed, "holdout_seed": holdout_seed}
 
 
+def train_run_config(root: Path, *, minutes: float, workers: int, seed: int, tracking_uri: str):
+    """The demo's :class:`pipelines.train.TrainRunConfig`: :data:`PRESET` on ``root/shards``, ``workers`` x 4
+    images per step for ``minutes``, one evaluation at the end, the best checkpoint registered as
+    :data:`MODEL_NAME`."""
+    from pipelines.train import TrainRunConfig
+
+    return TrainRunConfig(
+        data=str(root / "shards"),
+        preset=PRESET,
+        workers=workers,
+        batch_size=4,
+        minutes=minutes,
+        max_iters=100_000,
+        checkpoint_every=100,
+        eval_every=100_000,  # evaluate once, at the end (each evaluation costs training time)
+        storage_path=str(root / "ray_results"),
+        name="demo-keypoints",
+        tracking_uri=tracking_uri,
+        experiment="mrcnn-demo",
+        model_name=MODEL_NAME,
+        seed=seed,
+    ).validate()
+
+
 def run_keypoint_demo(
     *,
     workdir: str = "mrcnn-demo",
@@ -68,7 +92,7 @@ def run_keypoint_demo(
     from pipelines.common import ray_session, write_atomic
     from pipelines.preprocess import preprocess_dataset
     from pipelines.tracking import default_tracking_uri, describe_model, resolve_model_uri
-    from pipelines.train import TrainRunConfig, train
+    from pipelines.train import train
 
     root = Path(workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -82,22 +106,7 @@ def run_keypoint_demo(
         preprocess_dataset(root / "data", root / "shards")
 
         _log(f"3/6 Ray Train: {PRESET}, {workers} CPU workers, {minutes:g} min")
-        run = TrainRunConfig(
-            data=str(root / "shards"),
-            preset=PRESET,
-            workers=workers,
-            batch_size=4,
-            minutes=minutes,
-            max_iters=100_000,
-            checkpoint_every=100,
-            eval_every=100_000,  # evaluate once, at the end (each evaluation costs training time)
-            storage_path=str(root / "ray_results"),
-            name="demo-keypoints",
-            tracking_uri=tracking_uri,
-            experiment="mrcnn-demo",
-            model_name=MODEL_NAME,
-            seed=seed,
-        )
+        run = train_run_config(root, minutes=minutes, workers=workers, seed=seed, tracking_uri=tracking_uri)
         result = train(run)
         keypoints = {k[len("keypoints_"):]: v for k, v in result.metrics.items() if k.startswith("keypoints_")}
         bbox = {k[len("bbox_"):]: v for k, v in result.metrics.items() if k.startswith("bbox_")}

@@ -88,7 +88,10 @@ def main() -> None:
     from mrcnn.config import get_preset
     from mrcnn.data.dataset import CocoInstanceDataset, collate_detection
     from mrcnn.data.keypoints import flip_indices
-    from mrcnn.data.synthetic_keypoints import HOUSE_KEYPOINTS, make_synthetic_keypoints_coco
+    from mrcnn.data.synthetic_keypoints import (
+        HOUSE_KEYPOINTS,
+        make_synthetic_keypoints_coco,
+    )
     from mrcnn.data.transforms import RandomHorizontalFlip
     from mrcnn.engine import evaluate_model, fit
     from mrcnn.modeling import build_model

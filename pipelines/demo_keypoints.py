@@ -91,7 +91,11 @@ def run_keypoint_demo(
     from mrcnn.visualize import save_overlay
     from pipelines.common import ray_session, write_atomic
     from pipelines.preprocess import preprocess_dataset
-    from pipelines.tracking import default_tracking_uri, describe_model, resolve_model_uri
+    from pipelines.tracking import (
+        default_tracking_uri,
+        describe_model,
+        resolve_model_uri,
+    )
     from pipelines.train import train
 
     root = Path(workdir).resolve()

@@ -117,3 +117,13 @@ def test_bench_input_pipeline_reports_throughput_and_wait_fraction():
     result = json.loads(output.strip().splitlines()[-1])
     assert [row[0] for row in result["throughput"]] == [0, 2]
     assert set(result["wait_fraction"]) == {"0", "2"} and all(0 <= f <= 1 for f in result["wait_fraction"].values())
+
+
+def test_keypoint_recipe_scores_the_holdout_at_each_step_asked(tmp_path):
+    output = _run("keypoint_recipe.py", "--size", "64", "--steps", "2", "--eval-at", "1,2", "--batch", "2", "--train", "2",
+                  "--holdout", "2", "--flip", "--data", str(tmp_path))  # fmt: skip
+    rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert [row["step"] for row in rows] == [1, 2]
+    assert all(0 <= row["keypoints_AP"] <= 100 and row["cpu_s_per_step"] > 0 for row in rows)
+    assert (rows[0]["preset"], rows[0]["size"], rows[0]["flip"]) == ("r18_fpn_small_keypoints", 64, True)
+    assert (tmp_path / "holdout-s64-seed1000" / "val" / "annotations.json").is_file()

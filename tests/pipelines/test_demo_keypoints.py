@@ -8,9 +8,9 @@ import json
 import pytest
 from PIL import Image
 
-import pipelines.demo_keypoints as demo_keypoints
 from mrcnn.config import get_preset
 from mrcnn.data.synthetic_keypoints import HOUSE_KEYPOINTS
+from pipelines import demo_keypoints
 from pipelines.cli import build_parser, main
 
 

@@ -9,7 +9,10 @@
    checkpoint as ``models:/mrcnn-demo-keypoints@best``;  5. overlays of a few holdout images with each
    house's keypoints joined by the skeleton;  6. a summary (last line printed: JSON).
 
-The instance demo is :mod:`pipelines.demo`; both share its working-folder layout.
+The instance demo is :mod:`pipelines.demo`. Both can share one working folder (the default ``mrcnn-demo``):
+this one writes ``houses/``, ``houses-shards/``, ``houses-overlays/`` and ``summary-keypoints.json`` beside
+the instance demo's ``data/``, ``shards/``, ``overlays/`` and ``summary.json``, and both track into the same
+MLflow store (a shard folder holds one category map, so the two datasets cannot share one).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ PRESET = "r18_fpn_small_keypoints"  # mrcnn/presets.py: the recipe and where its
 IMAGE_SIZE = 96  # the houses' side in px; the preset's input size (model.input.min_size) matches it
 HOLDOUT_SEED_OFFSET = 1000  # the val split's seed is seed + this: a holdout from a seed training never saw
 MODEL_NAME = "mrcnn-demo-keypoints"
+DATA_DIR, SHARDS_DIR, OVERLAYS_DIR = "houses", "houses-shards", "houses-overlays"  # under the working folder
+SUMMARY_FILE = "summary-keypoints.json"
 NUM_OVERLAYS = 6
 
 _log = StageLog("demo")
@@ -48,13 +53,13 @@ def make_houses(root: Path, *, num_train: int, num_val: int, seed: int) -> dict[
 
 
 def train_run_config(root: Path, *, minutes: float, workers: int, seed: int, tracking_uri: str):
-    """The demo's :class:`pipelines.train.TrainRunConfig`: :data:`PRESET` on ``root/shards``, ``workers`` x 4
-    images per step for ``minutes``, one evaluation at the end, the best checkpoint registered as
-    :data:`MODEL_NAME`."""
+    """The demo's :class:`pipelines.train.TrainRunConfig`: :data:`PRESET` on ``root/houses-shards``,
+    ``workers`` x 4 images per step for ``minutes``, one evaluation at the end, the best checkpoint
+    registered as :data:`MODEL_NAME`."""
     from pipelines.train import TrainRunConfig
 
     return TrainRunConfig(
-        data=str(root / "shards"),
+        data=str(root / SHARDS_DIR),
         preset=PRESET,
         workers=workers,
         batch_size=4,
@@ -81,7 +86,7 @@ def run_keypoint_demo(
     workers: int = 2,
     ray_address: str | None = None,
 ) -> dict[str, Any]:
-    """Run the keypoint demo; returns the summary (also written to ``WORKDIR/summary.json``).
+    """Run the keypoint demo; returns the summary (also written to ``WORKDIR/summary-keypoints.json``).
 
     The summary's ``keypoints_AP`` (``_AP50``, ``_AP75``) is OKS keypoint AP in percent and ``bbox_AP`` box
     AP, both on the ``num_val`` holdout images drawn from seed ``holdout_seed``.
@@ -103,11 +108,11 @@ def run_keypoint_demo(
     tracking_uri = default_tracking_uri(root)
     with ray_session(ray_address):
         _log(f"1/6 synthetic houses, {IMAGE_SIZE} px ({num_train} train from seed {seed}, {num_val} holdout from seed "
-             f"{seed + HOLDOUT_SEED_OFFSET}) -> {root / 'data'}")  # fmt: skip
-        seeds = make_houses(root / "data", num_train=num_train, num_val=num_val, seed=seed)
+             f"{seed + HOLDOUT_SEED_OFFSET}) -> {root / DATA_DIR}")  # fmt: skip
+        seeds = make_houses(root / DATA_DIR, num_train=num_train, num_val=num_val, seed=seed)
 
-        _log(f"2/6 Ray Data preprocessing -> {root / 'shards'}")
-        preprocess_dataset(root / "data", root / "shards")
+        _log(f"2/6 Ray Data preprocessing -> {root / SHARDS_DIR}")
+        preprocess_dataset(root / DATA_DIR, root / SHARDS_DIR)
 
         _log(f"3/6 Ray Train: {PRESET}, {workers} CPU workers, {minutes:g} min")
         run = train_run_config(root, minutes=minutes, workers=workers, seed=seed, tracking_uri=tracking_uri)
@@ -118,12 +123,12 @@ def run_keypoint_demo(
              f"bbox AP {bbox.get('AP', float('nan')):.1f}")  # fmt: skip
 
         model_uri = f"models:/{MODEL_NAME}@best"
-        overlay_dir = root / "overlays"
+        overlay_dir = root / OVERLAYS_DIR
         _log(f"5/6 keypoints of {NUM_OVERLAYS} holdout images with {model_uri} -> {overlay_dir}")
-        checkpoint = resolve_model_uri(model_uri, tracking_uri=tracking_uri, dst_dir=root / "models")
+        checkpoint = resolve_model_uri(model_uri, tracking_uri=tracking_uri, dst_dir=root / "models" / MODEL_NAME)
         predictor = Predictor.from_checkpoint(checkpoint)
         overlay_dir.mkdir(exist_ok=True)
-        for path in sorted((root / "data" / "val" / "images").glob("*.png"))[:NUM_OVERLAYS]:
+        for path in sorted((root / DATA_DIR / "val" / "images").glob("*.png"))[:NUM_OVERLAYS]:
             image = load_image(path)
             save_overlay(overlay_dir / path.name, image, predictor.predict([image])[0],
                          skeletons=predictor.categories.skeletons)  # fmt: skip
@@ -147,7 +152,7 @@ def run_keypoint_demo(
         "overlays": str(overlay_dir),
         "workdir": str(root),
     }  # fmt: skip
-    write_atomic(root / "summary.json", json.dumps(summary, indent=1))
+    write_atomic(root / SUMMARY_FILE, json.dumps(summary, indent=1))
     _log(
         f"6/6 done. keypoint AP {summary['keypoints_AP']}, bbox AP {summary['bbox_AP']} (holdout). MLflow store: "
         f"{tracking_uri}\n       browse it with: mlflow ui --backend-store-uri {tracking_uri}"

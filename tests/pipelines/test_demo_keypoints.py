@@ -59,7 +59,10 @@ def test_houses_train_from_the_seed_and_hold_out_an_unseen_seed(tmp_path):
 
 def test_the_run_trains_the_preset_on_the_demo_shards_and_registers_it(tmp_path):
     run = demo_keypoints.train_run_config(tmp_path, minutes=0.5, workers=2, seed=3, tracking_uri="sqlite:///x.db")
-    assert (run.data, run.preset, run.model_name) == (str(tmp_path / "shards"), demo_keypoints.PRESET, "mrcnn-demo-keypoints")
+    # Its own shard folder: the instance demo's shards/ in the same working folder hold another category map.
+    assert (run.data, run.preset, run.model_name) == (str(tmp_path / "houses-shards"), demo_keypoints.PRESET,
+                                                      "mrcnn-demo-keypoints")  # fmt: skip
+    assert run.storage_path == str(tmp_path / "ray_results") and run.name == "demo-keypoints"
     assert (run.minutes, run.workers, run.batch_size, run.seed, run.tracking_uri) == (0.5, 2, 4, 3, "sqlite:///x.db")
     assert run.eval_every > 0 and run.model_config().model.has_keypoints
 

@@ -32,9 +32,9 @@ DOC_FILES = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 
 _MARKED = re.compile(
     r"^(?P<indent>[ \t]*)<!-- commands: (?P<name>[\w-]+) -->\n(?P=indent)```bash[ \t]*\n(?P<body>.*?)\n(?P=indent)```[ \t]*$",
-    re.M | re.S,
+    re.MULTILINE | re.DOTALL,
 )
-_FENCE = re.compile(r"^[ \t]*```bash[ \t]*$", re.M)
+_FENCE = re.compile(r"^[ \t]*```bash[ \t]*$", re.MULTILINE)
 _SEPARATORS = {"&&", ";", "||", "&"}
 
 # Programs whose documented commands are never run here, and why. `ray job submit ... -- python -m jobs.X`

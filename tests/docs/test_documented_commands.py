@@ -316,3 +316,22 @@ def test_serve_answers_the_documented_requests_with_keypoints(workspace):
 def test_a_wrong_command_is_refused(command, monkeypatch):
     with pytest.raises((AssertionError, pytest.fail.Exception)):
         check_command(shlex.split(command), monkeypatch)
+
+
+def test_inline_mrcnn_commands_name_existing_verbs_and_flags():
+    """`mrcnn VERB ...` in the prose (outside the blocks): the verb exists and has every flag named (for
+    `mrcnn submit JOB`, JOB's flags; its --config is the job's config file)."""
+    from tests.docs.documented_commands import DOC_FILES
+
+    spans = []
+    for path in DOC_FILES:
+        prose = re.sub(r"```.*?```", "", path.read_text(), flags=re.DOTALL)
+        spans += [(path.name, m.group(1)) for m in re.finditer(r"`(mrcnn [a-z]+[^`]*)`", prose)]
+    assert len(spans) > 20, "the docs name commands inline"
+    for where, span in spans:
+        words = span.split()
+        known = subcommand_options(words[1])
+        if words[1] == "submit" and len(words) > 2 and not words[2].startswith("-"):
+            known |= subcommand_options(words[2]) | {"--config"}
+        unknown = sorted(set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", span)) - known)
+        assert not unknown, f"{where}: `{span}`: no {unknown}"

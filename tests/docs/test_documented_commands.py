@@ -149,6 +149,7 @@ class Workspace:
     folder: Path
     port: int
     ran: dict[str, Ran] = field(default_factory=dict)  # by documented text (as in the docs, comments dropped)
+    served: list[tuple[subprocess.Popen, Path]] = field(default_factory=list)  # `mrcnn serve` processes and logs
 
     def by_verb(self, verb: str) -> list[Ran]:
         return [r for r in self.ran.values() if r.text.split()[:2] == ["mrcnn", verb]]
@@ -209,7 +210,6 @@ def workspace(tmp_path_factory):
     folder = tmp_path_factory.mktemp("documented")
     shutil.copy(PHOTO, folder / "photo.jpg")
     space = Workspace(folder=folder, port=free_port())
-    served: list[subprocess.Popen] = []
     with pytest.MonkeyPatch.context() as patch:
         for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "MRCNN_SERVE_TOKEN", "MRCNN_TRAIN_HOOKS"):
             patch.delenv(name, raising=False)
@@ -225,7 +225,7 @@ def workspace(tmp_path_factory):
                     started = time.monotonic()
                     if program(argv) == "mrcnn" and argv[1] == "serve":
                         process, log = _start_serve(argv[1:], folder)
-                        served.append(process)
+                        space.served.append((process, log))
                         code, output = 0, log.read_text()
                     elif program(argv) == "mrcnn":
                         code, output = _run_in_process(argv[1:])
@@ -239,8 +239,9 @@ def workspace(tmp_path_factory):
             print("\n".join(f"{r.seconds:6.1f} s  {r.text}" for r in space.ran.values()))
             yield space
         finally:
-            for process in served:
-                _stop(process)
+            for process, _ in space.served:
+                if process.poll() is None:
+                    _stop(process)
             ray.shutdown()
 
 
@@ -303,6 +304,18 @@ def test_serve_answers_the_documented_requests_with_keypoints(workspace):
     instances = reply.json()["instances"]
     assert reply.status == 200 and instances
     assert all(len(i["keypoints"]) == 15 and len(i["keypoint_scores"]) == 5 for i in instances)
+    assert request(f"http://127.0.0.1:{workspace.port}/v1/model").json()["task"] == "keypoints"
+
+
+
+@pytest.mark.slow
+def test_serve_stops_on_ctrl_c(workspace):
+    """After the requests (this test runs after the others that use the endpoint): Ctrl-C ends `mrcnn serve`
+    cleanly, with the application deleted and its Ray stopped."""
+    [(process, log)] = workspace.served
+    _stop(process)
+    assert process.returncode == 0, log.read_text()[-3000:]
+    assert "mrcnn serve: stopping" in log.read_text()
 
 
 @pytest.mark.parametrize("command", [

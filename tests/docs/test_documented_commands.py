@@ -116,7 +116,7 @@ def test_the_readme_synopsis_lists_every_verb():
 
 
 @pytest.mark.parametrize("name", sorted(CHECKED))
-def test_commands_that_need_a_cluster_or_gpu_parse(name, monkeypatch):
+def test_commands_not_run_here_parse(name, monkeypatch):
     block = documented_blocks()[name]
     commands = split_commands(block.text)
     assert commands, block.where

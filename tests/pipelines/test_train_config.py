@@ -123,3 +123,23 @@ def test_augmentation_and_loader_threads_are_validated(tmp_path):
     run = TrainRunConfig.from_yaml(tmp_path / "run.yaml").validate()
     assert run.overrides["solver.base_lr"] == 1e-4 and run.loader_threads == 3
     assert run.augmentation_config().min_sizes == (512, 576)
+
+
+def test_local_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
+    """Ray Train workers run in another folder: the driver makes local data, storage and backbone-weights paths
+    absolute (a relative --data used to find no val shards there, so nothing was evaluated or registered)."""
+    import contextlib
+
+    import pipelines.common.session
+    import pipelines.train.driver
+
+    launched = []
+    monkeypatch.setattr(pipelines.common.session, "ray_session", lambda address=None: contextlib.nullcontext(True))
+    monkeypatch.setattr(pipelines.train.driver, "_train", lambda run, hooks, init_source: launched.append(run))
+    monkeypatch.chdir(tmp_path)
+    pipelines.train.train(TrainRunConfig(data="shards", storage_path="runs", backbone_weights="resnet18.pth"))
+    pipelines.train.train(TrainRunConfig(data="s3://bucket/shards", storage_path="gs://bucket/runs"))
+    assert [(r.data, r.storage_path, r.backbone_weights) for r in launched] == [
+        (str(tmp_path / "shards"), str(tmp_path / "runs"), str(tmp_path / "resnet18.pth")),
+        ("s3://bucket/shards", "gs://bucket/runs", ""),
+    ]

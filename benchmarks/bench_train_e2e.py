@@ -6,25 +6,26 @@
     python benchmarks/gpu_check.py --only e2e                  # the same, as rows of the GPU check's table
 
 The data are the 6 COCO val2017 photos of ``tests/data/coco_mini`` (about 640x480, 2 to 23 instances with their
-polygon masks), repeated to ``--images``, written as Parquet shards by ``mrcnn preprocess``'s
-``preprocess_dataset``. The run is ``pipelines.train.train`` (what ``mrcnn train`` calls): Ray Train with one
-worker, the shards read by Ray Data, decoded and collated by ``loader_threads`` background threads, MLflow
-logging from the worker (into a SQLite store in a temporary folder), random init (nothing downloaded), no
-evaluation. A hook on the worker stamps every step (:class:`StepClock`).
+polygon masks), repeated to ``--images`` (512: 60 steps of 8 stay in the first pass, no epoch restart in the
+window), written as Parquet shards by ``mrcnn preprocess``'s ``preprocess_dataset``. The run is
+``pipelines.train.train`` (what ``mrcnn train`` calls): Ray Train with one worker, the shards read by Ray Data,
+decoded and collated by ``loader_threads`` background threads, MLflow logging from the worker (into a SQLite store
+in a temporary folder), random init (nothing downloaded), no evaluation. A hook on the worker stamps every step
+(:class:`StepClock`).
 
 Which path runs (said in the row):
 - ``ray``: the above; without MLflow installed, the same without tracking.
 - ``plain``: no Ray (not installed, or ``--path plain``): the worker's loop in this process:
   :class:`mrcnn.engine.Trainer` with the same model set-up, collate and ``ShardEpochs``/``Prefetcher`` data path of
   ``pipelines.train.data``, over the same shards written with pyarrow and read in shuffled batches.
-Without pyarrow or torchvision's pieces that even the plain path needs, :func:`e2e_rows` says why and gives no row.
+Without pyarrow or the training data path, which even the plain path needs, :func:`e2e_rows` says why and gives no row.
 
 Reported, over the steps after ``--warmup``:
 - images/s through the pipeline: images trained / wall time between the end of the first measured step and the
   end of the last (data wait, host-to-device copies, the step, every hook and MLflow call included);
 - the data-wait fraction: sum of ``train/data_wait_s`` / sum of ``train/step_s``, the two per-step metrics of
   :class:`mrcnn.engine.Trainer` (the wait for ``next(batches)``; the ``train_step`` call alone);
-- GPU utilisation: ``nvidia-smi``'s (or pynvml's) ``utilization.gpu`` sampled every 200 ms, averaged over the
+- GPU utilisation: pynvml's (or ``nvidia-smi``'s) ``utilization.gpu`` sampled every 200 ms, averaged over the
   same window;
 - the bare step inside the run: the median ``train/step_s`` (compare with gpu_check's "train step" rows).
 """
@@ -42,14 +43,13 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from mrcnn.engine import HookBase  # noqa: E402 (after the path set-up)
+from mrcnn.engine import HookBase
 
 COCO_MINI = ROOT / "tests" / "data" / "coco_mini"
 
@@ -75,9 +75,12 @@ class StepClock(HookBase):
 
 
 class GpuSampler:
-    """``utilization.gpu`` (percent) of one GPU every ``interval_ms``, in a background thread, with pynvml when
-    installed, else ``nvidia-smi -lms``; ``samples`` holds ``(unix time, percent)``. ``source`` says which (None:
+    """``utilization.gpu`` (percent) of one GPU about every ``interval_ms``, in a background thread: pynvml when
+    installed, else one ``nvidia-smi --query-gpu=utilization.gpu`` call per sample (a process that exits, so no
+    output sits in a pipe's buffer); ``samples`` holds ``(unix time, percent)``, ``source`` says which (None:
     neither works)."""
+
+    QUERY = ("--query-gpu=utilization.gpu", "--format=csv,noheader,nounits")
 
     def __init__(self, index: int = 0, interval_ms: int = 200):
         self.index, self.interval_ms = index, interval_ms
@@ -85,56 +88,44 @@ class GpuSampler:
         self.source: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._process: subprocess.Popen | None = None
 
-    def __enter__(self) -> GpuSampler:
+    def __enter__(self):
         try:
             import pynvml
 
             pynvml.nvmlInit()
             handle = pynvml.nvmlDeviceGetHandleByIndex(self.index)
-            self.source = "pynvml"
-            self._thread = threading.Thread(target=self._poll_nvml, args=(pynvml, handle), daemon=True)
-        except Exception:  # not installed, or no driver: nvidia-smi
+            self.source, read = "pynvml", lambda: float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+        except Exception:  # noqa: BLE001 (ImportError, or pynvml's NVMLError without a driver): nvidia-smi
+            command = ["nvidia-smi", "-i", str(self.index), *self.QUERY]
             try:
-                self._process = subprocess.Popen(
-                    ["nvidia-smi", f"--id={self.index}", "--query-gpu=timestamp,utilization.gpu",
-                     "--format=csv,noheader,nounits", f"-lms={self.interval_ms}"],
-                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                )  # fmt: skip
-            except OSError:
+                float(subprocess.run(command, capture_output=True, text=True, timeout=30, check=True).stdout.strip())
+            except (OSError, subprocess.SubprocessError, ValueError):
                 return self
             self.source = "nvidia-smi"
-            self._thread = threading.Thread(target=self._read_smi, daemon=True)
+
+            def read() -> float:
+                return float(subprocess.run(command, capture_output=True, text=True, timeout=30, check=True).stdout.strip())
+
+        self._thread = threading.Thread(target=self._poll, args=(read,), daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait(timeout=10)
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=60)
 
     def mean_between(self, start: float, end: float) -> float | None:
+        """The mean of the samples taken from ``start`` to ``end`` (unix seconds); None without one."""
         values = [value for t, value in self.samples if start <= t <= end]
         return statistics.fmean(values) if values else None
 
-    def _poll_nvml(self, pynvml, handle) -> None:
+    def _poll(self, read) -> None:
         while not self._stop.wait(self.interval_ms / 1000):
-            self.samples.append((time.time(), float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)))
-
-    def _read_smi(self) -> None:
-        for line in self._process.stdout:  # "2026/11/29 19:25:57.123, 87"
-            stamp, _, value = line.strip().rpartition(",")
             try:
-                when = datetime.strptime(stamp.strip(), "%Y/%m/%d %H:%M:%S.%f").timestamp()
-            except ValueError:
-                when = time.time()
-            try:
-                self.samples.append((when, float(value)))
-            except ValueError:
+                self.samples.append((time.time(), read()))
+            except (subprocess.SubprocessError, ValueError, OSError):
                 continue
 
 
@@ -236,7 +227,8 @@ def run_ray(args, workdir: Path, clock_path: Path) -> str:
     except ImportError:
         tracking_uri, tracked = "", "no MLflow (not installed)"
     # The worker imports StepClock from this folder (and the project): Ray's workers inherit this environment.
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")])
+    paths = [str(ROOT), str(ROOT / "benchmarks"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
     ray.init(address="local", include_dashboard=False, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False  # the worker's lines stay readable
     try:
@@ -293,7 +285,7 @@ def _choose_path(requested: str) -> tuple[str | None, str]:
     if requested == "plain":
         return "plain", "--path plain"
     try:
-        import ray.data  # noqa: F401
+        import ray.data
         import ray.train.torch  # noqa: F401
     except ImportError as exc:
         if requested == "ray":
@@ -355,7 +347,8 @@ def add_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     """The case's flags (``--steps``...; ``prefix`` ``e2e-`` gives gpu_check's ``--e2e-steps``...)."""
     p = f"--{prefix}"
     parser.add_argument(f"{p}preset", default="r50_fpn", help="model preset (random init)")
-    parser.add_argument(f"{p}images", type=int, default=256, help="coco_mini's 6 photos repeated to this many images")
+    parser.add_argument(f"{p}images", type=int, default=512,
+                        help="coco_mini's 6 photos repeated to this many images (512: 60 steps of 8 stay in one pass)")
     parser.add_argument(f"{p}batch", type=int, default=8, help="images per step (one worker)")
     parser.add_argument(f"{p}steps", type=int, default=60, help="training steps in all")
     parser.add_argument(f"{p}warmup", type=int, default=10, help="steps left out of the figures")

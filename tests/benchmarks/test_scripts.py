@@ -50,6 +50,7 @@ def _e2e_rows(output: str) -> list[list[str]]:
     return rows
 
 
+@pytest.mark.slow  # a local Ray, preprocessing and a Ray Train run: tens of seconds
 def test_gpu_check_e2e_trains_from_shards_through_ray_train_on_cpu():
     """The end-to-end case as a lent GPU machine with Ray and MLflow runs it: preprocess, then `mrcnn train`'s
     Ray Train run with MLflow, 3 steps (1 left out as warm-up)."""

@@ -50,7 +50,6 @@ class MetricBuffer:
         self._entries: list[Any] = []  # mlflow.entities.Metric
         self._calls = 0
         self._sent_at = clock()
-        self.batches_sent = 0
 
     def __len__(self) -> int:
         """Metric values waiting to be sent."""
@@ -74,4 +73,3 @@ class MetricBuffer:
         self._sent_at = self.clock()
         if entries:
             self.tracker.log_metric_entries(entries)
-            self.batches_sent += 1

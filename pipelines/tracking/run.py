@@ -245,16 +245,16 @@ class Tracker:
         self.log_metric_entries(self.metric_entries(metrics, step))
 
     @staticmethod
-    def metric_entries(metrics: Mapping[str, Any], step: int, timestamp_ms: int | None = None) -> list:
+    def metric_entries(metrics: Mapping[str, Any], step: int) -> list:
         """``metrics`` at ``step`` as ``mlflow.entities.Metric`` entries (keys sanitized, None skipped), stamped
-        ``timestamp_ms`` (default now, in milliseconds since the epoch).
+        now (milliseconds since the epoch).
 
         Raises:
             ValueError: a value ``float()`` does not take (names the key and the step).
         """
         from mlflow.entities import Metric
 
-        timestamp = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
+        timestamp = int(time.time() * 1000)
         entries = []
         for key, value in metrics.items():
             if value is None:

@@ -44,9 +44,8 @@ def _e2e_rows(output: str) -> list[list[str]]:
     assert header[-2:] == ["data wait / step", "GPU util %"]
     assert [row[0].split("): ", 1)[1].split(" (")[0] for row in rows] == ["the bare step inside the run",
                                                                           "through the pipeline"]  # fmt: skip
-    for row in rows:
-        assert row[1:3] == ["fp32", "2"] and float(row[6]) > 0 and row[-1] == "-"  # no GPU: no utilisation
-        assert 0 <= float(row[7].rstrip("%")) <= 100
+    assert all(row[1:3] == ["fp32", "2"] and float(row[6]) > 0 for row in rows)
+    assert rows[0][7:] == ["-", "-"] and 0 <= float(rows[1][7].rstrip("%")) <= 100 and rows[1][8] == "-"  # no GPU here
     return rows
 
 

@@ -237,7 +237,21 @@ class Tracker:
     # -- metrics -------------------------------------------------------------------------------
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Log scalar metrics at ``step`` (keys sanitized; values anything ``float()`` takes; None skipped)."""
+        """Log scalar metrics at ``step`` (keys sanitized; values anything ``float()`` takes; None skipped).
+
+        One call to the store per call (per step, in training): :class:`~pipelines.tracking.MetricBuffer`
+        gathers many steps into one.
+        """
+        self.log_metric_entries(self.metric_entries(metrics, step))
+
+    @staticmethod
+    def metric_entries(metrics: Mapping[str, Any], step: int) -> list:
+        """``metrics`` at ``step`` as ``mlflow.entities.Metric`` entries (keys sanitized, None skipped), stamped
+        now (milliseconds since the epoch).
+
+        Raises:
+            ValueError: a value ``float()`` does not take (names the key and the step).
+        """
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000)
@@ -250,6 +264,11 @@ class Tracker:
             except (TypeError, ValueError):
                 raise ValueError(f"metric {key!r} at step {step}: expected a number, got {value!r}") from None
             entries.append(Metric(sanitize_key(key), number, timestamp, int(step)))
+        return entries
+
+    def log_metric_entries(self, entries: list) -> None:
+        """Send ``Metric`` entries (any steps) to the run, in ``log_batch`` calls of at most
+        ``MAX_METRICS_PER_BATCH``."""
         for batch in chunks(entries, MAX_METRICS_PER_BATCH):
             self._client.log_batch(self._run_id, metrics=batch)
 

@@ -137,3 +137,30 @@ def test_evaluate_errors_are_clear(tmp_path, small_checkpoint, capsys):
     assert main(["evaluate", "--model", str(small_checkpoint), "--annotations", str(tmp_path / "bad.json"),
                  "--images", str(tmp_path), "--out", str(tmp_path / "o")]) == 2  # fmt: skip
     assert "expected a COCO instances json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source, name", [
+    ("/data/houses-shards/val", "houses-shards-val"),
+    ("s3://bucket/out/val/", "out-val"),
+    ("coco/annotations/instances_val2017.json", "annotations-instances_val2017"),
+    ("gt.json", "gt"),
+    ("/x/my data#1/val", "my_data_1-val"),
+])  # fmt: skip
+def test_report_name_names_the_data(source, name):
+    from pipelines.batch.report import report_name
+
+    assert report_name(source) == name
+
+
+def test_the_models_calibrated_thresholds_reach_the_report(small_checkpoint, tmp_path):
+    """Training stores CalibratedThresholds in the checkpoint's metadata; evaluate's report uses them."""
+    from mrcnn.checkpoint import load_checkpoint, save_checkpoint
+    from mrcnn.thresholds import CalibratedThresholds, ClassThreshold
+    from pipelines.batch.model import load_model
+
+    assert load_model(str(small_checkpoint)).thresholds is None
+    checkpoint = load_checkpoint(small_checkpoint)
+    calibrated = CalibratedThresholds({3: ClassThreshold(3, 0.7, 0.5, 0.5, 0.5, 12, 10, True)})
+    path = save_checkpoint(tmp_path / "calibrated.ckpt", model=checkpoint.build_model(), config=checkpoint.config,
+                           categories=checkpoint.categories, metadata={"thresholds": calibrated.to_dict()})  # fmt: skip
+    assert load_model(str(path)).thresholds == {3: 0.7}

@@ -120,10 +120,13 @@ def job_main(verb: str, argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``mrcnn ARGV`` (default: ``sys.argv[1:]``). Returns the exit code: 0 done, 1 done with failures (skipped
     images, a failed variant or job), 2 an error (printed as one ``mrcnn: error: ...`` line), 130 interrupted."""
+    from pipelines.common.logs import library_warnings_to_file
+
     args = build_parser().parse_args(argv)
     try:
         _check_args(args)
-        return int(args.func(args) or 0)
+        with library_warnings_to_file():  # other libraries' warnings go to the log file, ours stay here
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("mrcnn: interrupted", file=sys.stderr)
         return 130

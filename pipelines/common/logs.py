@@ -9,8 +9,8 @@ created when the first message comes; its path is printed once (:func:`announce`
   on the driver, Ray's Python loggers (``ray``, ``ray.data``, ``ray.train``, ``ray.serve``, ...) write to the
   file, and to the console only from ERROR up; the stdout/stderr lines of Ray's workers, which Ray forwards
   to the driver, go to the file, except our own ``[stage] ...`` lines (the training workers' progress), which
-  go to the console once, as the worker wrote them, and errors (a worker's ERROR lines and Python tracebacks),
-  which go to both, so a failing run still says why.
+  go to the console once, as the worker wrote them (:class:`WorkerLogRouter`). A failing run still says why:
+  the driver's exception carries the worker's error.
 - :func:`library_warnings_to_file` (used by the ``mrcnn`` command line): Python warnings raised outside this
   project's code (pydantic deprecations under Ray Serve, MLflow's hints...) go to the file; ours stay on the
   console.
@@ -39,9 +39,6 @@ WARNINGS_LOGGER = "py.warnings"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Our own lines: "[train] iteration 25 ...", "[segment] 4 images". Ray's C++ lines start "[2026-..." (a digit).
 STAGE_LINE = re.compile(r"^\[[a-z][a-z0-9_-]*\] ")
-# A Python log line in Ray's format: "2026-11-29 19:36:35,955\tERROR file.py:12 -- message".
-_LEVELLED_LINE = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d[,.]\d+\s+(?P<level>[A-Z]+)\b")
-_ERROR_LEVELS = ("ERROR", "CRITICAL", "FATAL")
 # Packages whose warnings are ours, for the user: they stay on the console.
 _OWN_CODE = tuple(str(Path(__file__).resolve().parents[2] / name) + os.sep for name in ("mrcnn", "pipelines", "jobs"))
 
@@ -142,10 +139,13 @@ class _RayLoggers:
 
 
 class WorkerLogRouter:
-    """Ray's handler of the worker lines it forwards to the driver (``ray.init(log_to_driver=True)``),
-    replaced: every line to the log file; our ``[stage] ...`` lines to the console as they are (stdout lines
-    to stdout, stderr lines to stderr); a worker's ERROR lines and Python tracebacks to stderr as well, with
-    Ray's ``(name pid=...)`` prefix; Ray's tqdm bars to Ray's own bar renderer.
+    """What the driver does with the lines Ray's workers print (Ray forwards them when
+    ``ray.init(log_to_driver=True)``) and with the raylet's messages: every line to the log file; our
+    ``[stage] ...`` lines to the console as they are (a worker's stdout lines to stdout, stderr lines to
+    stderr); the raylet's messages other than its ``WARNING: ...`` ones (a worker killed for memory, a node
+    died) to stderr as well. Ray's progress bars drawn inside workers (the training's data ingest) are
+    dropped. A failed task or training run reaches the console as the driver's exception, whose message
+    carries the worker's error (:func:`pipelines.cli.main` prints its cause).
 
     Args:
         logger: where the lines are written (the log file's).
@@ -153,46 +153,29 @@ class WorkerLogRouter:
 
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
-        self.in_traceback: dict[Any, bool] = {}
 
-    def __call__(self, data: dict[str, Any]) -> None:
-        from ray._private import worker as ray_worker
+    def __call__(self, data: dict[str, Any], ignore_prefix: bool = False) -> None:
         from ray.experimental.tqdm_ray import RAY_TQDM_MAGIC
 
         prefix = self._prefix(data)
         sink = sys.stderr if data.get("is_err") else sys.stdout
         for line in data.get("lines", []):
             if RAY_TQDM_MAGIC in line:
-                ray_worker.process_tqdm(line)
                 continue
             self.logger.info("%s %s", prefix, line)
             if STAGE_LINE.match(line):
-                ray_worker.hide_tqdm()
                 print(line, file=sink, flush=True)
-            elif self._is_error(data.get("pid"), line):
-                ray_worker.hide_tqdm()
+            elif data.get("pid") == "raylet" and not line.startswith("WARNING"):
                 print(f"{prefix} {line}", file=sys.stderr, flush=True)
 
     @staticmethod
     def _prefix(data: dict[str, Any]) -> str:
+        if data.get("pid") in ("raylet", "autoscaler"):
+            return f"({data['pid']})"
         name = data.get("actor_name") or data.get("task_name") or ""
         ip = data.get("ip")
         where = f", ip={ip}" if ip and ip != data.get("localhost") else ""
         return f"({name + ' ' if name else ''}pid={data.get('pid')}{where})"
-
-    def _is_error(self, pid: Any, line: str) -> bool:
-        """An ERROR (or worse) line in Python's log format, or a line of a traceback (from ``Traceback (most
-        recent call last):`` to the exception's own line, chained tracebacks included)."""
-        if line.startswith("Traceback (most recent call last):"):
-            self.in_traceback[pid] = True
-            return True
-        if self.in_traceback.get(pid):
-            chained = line.startswith(("During handling of", "The above exception")) or not line.strip()
-            if not (line[:1].isspace() or chained):
-                self.in_traceback[pid] = False  # the exception's line ends the block
-            return True
-        match = _LEVELLED_LINE.match(line)
-        return bool(match and match.group("level") in _ERROR_LEVELS)
 
 
 def _worker_logger() -> logging.Logger:
@@ -218,18 +201,28 @@ def ray_logs_to_file() -> Iterator[Any]:
     loggers = _RayLoggers()
     loggers.sweep()
 
-    def connected() -> None:
-        from ray._private import worker as ray_worker
+    from ray._private import worker as ray_worker
 
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    router = WorkerLogRouter(_worker_logger())
+
+    def connected() -> None:
+        # Ray has no public hook for the lines it forwards: its driver hands them to the handler named
+        # "ray_print_logs" of its stdstream dispatcher, and the raylet's messages to print_to_stdstream.
+        # Both are replaced where they exist; a Ray without them keeps its own printing.
         loggers.sweep()
-        dispatcher = ray_worker.global_worker_stdstream_dispatcher
-        if any(name == "ray_print_logs" for name, _ in dispatcher.handlers):
+        dispatcher = getattr(ray_worker, "global_worker_stdstream_dispatcher", None)
+        if dispatcher is not None and any(name == "ray_print_logs" for name, _ in dispatcher.handlers):
             dispatcher.remove_handler("ray_print_logs")
-            dispatcher.add_handler("ray_print_logs", WorkerLogRouter(_worker_logger()))
+            dispatcher.add_handler("ray_print_logs", router)
+        if printer is not None:
+            ray_worker.print_to_stdstream = router
 
     try:
         yield connected
     finally:
+        if printer is not None:
+            ray_worker.print_to_stdstream = printer
         loggers.restore()
 
 

@@ -139,8 +139,8 @@ class _RayLoggers:
 
 
 class WorkerLogRouter:
-    """What the driver does with the lines Ray's workers print (Ray forwards them when
-    ``ray.init(log_to_driver=True)``) and with the raylet's messages: every line to the log file; our
+    """What the driver does with the lines Ray's workers print (Ray forwards them with ``log_to_driver=True``,
+    :func:`pipelines.common.session.ray_session`'s default) and with the raylet's messages: every line to the log file; our
     ``[stage] ...`` lines to the console as they are (a worker's stdout lines to stdout, stderr lines to
     stderr); the raylet's messages other than its ``WARNING: ...`` ones (a worker killed for memory, a node
     died) to stderr as well. Ray's progress bars drawn inside workers (the training's data ingest) are
@@ -191,8 +191,8 @@ def _worker_logger() -> logging.Logger:
 def ray_logs_to_file() -> Iterator[Any]:
     """Ray's driver-side log lines to the log file (the console keeps ERROR and up), for the ``with`` block.
 
-    Enter it before ``ray.init`` (so ``ray.init``'s own lines go to the file too), and call the yielded
-    ``connected()`` right after ``ray.init``: it takes over the forwarding of the workers' lines
+    Enter it before Ray starts (so the lines of its start go to the file too), and call the yielded
+    ``connected()`` right after: it takes over the forwarding of the workers' lines
     (:class:`WorkerLogRouter`) when Ray forwards them, and sweeps the loggers Ray configured while it started.
     Ray's own handler comes back with the next ``ray.init``; the loggers are restored when the block ends.
     """

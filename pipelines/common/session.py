@@ -42,8 +42,8 @@ def ray_session(address: str | None = None, **init_kwargs: Any) -> Iterator[bool
     init_kwargs.setdefault("log_to_driver", True)
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     with ray_logs_to_file() as connected:
-        where = "a local Ray" if address == "local" else f"Ray at {address}"
-        announce("ray", f"starting {where}; Ray's own messages go to {{path}}")
+        doing = "starting a local Ray" if address == "local" else f"connecting to Ray at {address}"
+        announce("ray", f"{doing}; Ray's own messages go to {{path}}")
         ray.init(address=address, **init_kwargs)
         connected()
         try:

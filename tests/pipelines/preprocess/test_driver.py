@@ -267,7 +267,7 @@ def test_cli_preprocess(tmp_path):
     for ray_word in ("streaming_executor", "logging_progress", "dataset.py", "Data sink", "INFO", "WARNING"):
         assert ray_word not in console, f"Ray's {ray_word!r} on the console:\n{console}"
     named = [line for line in result.stderr.splitlines() if line.startswith("[ray] ")]
-    assert len(named) == 1 and f"starting Ray at {address}; Ray's own messages go to " in named[0], result.stderr
+    assert len(named) == 1 and f"connecting to Ray at {address}; Ray's own messages go to " in named[0], result.stderr
     log_file = Path(named[0].rsplit(" ", 1)[-1])
     assert log_file.parent == tmp_path / "logs" and log_file.is_file()
     assert "streaming_executor" in log_file.read_text(), "Ray's lines are in the file"

@@ -272,11 +272,12 @@ class Tracker:
         for batch in chunks(entries, MAX_METRICS_PER_BATCH):
             self._client.log_batch(self._run_id, metrics=batch)
 
-    def log_eval(self, metrics: Mapping[str, Mapping[str, Any]], step: int) -> dict[str, float]:
+    def log_eval(self, metrics: Mapping[str, Mapping[str, Any]], step: int, *, prefix: str = "") -> dict[str, float]:
         """Log ``mrcnn.evaluation.evaluate_coco`` output at ``step``.
 
-        Names: ``segm/AP``, ``bbox/AP50``... and ``segm_per_category/<category name>``. Values of -1
-        (pycocotools' "no ground truth for this") are skipped.
+        Names: ``segm/AP``, ``bbox/AP50``... and ``segm_per_category/<category name>``, each after ``prefix``
+        (``evaluate/val/`` gives ``evaluate/val/segm/AP``). Values of -1 (pycocotools' "no ground truth for
+        this") are skipped.
 
         Returns:
             The flat ``{name: value}`` that was logged.
@@ -287,9 +288,9 @@ class Tracker:
                 if name == "per_category":
                     for category, ap in (value or {}).items():
                         if ap is not None and float(ap) >= 0:
-                            flat[sanitize_key(f"{iou_type}_per_category/{category}")] = float(ap)
+                            flat[sanitize_key(f"{prefix}{iou_type}_per_category/{category}")] = float(ap)
                 elif isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-                    flat[sanitize_key(f"{iou_type}/{name}")] = float(value)
+                    flat[sanitize_key(f"{prefix}{iou_type}/{name}")] = float(value)
         self.log_metrics(flat, step)
         return flat
 

@@ -24,12 +24,15 @@ class BatchModel:
         data (bytes): the checkpoint file.
         sha256 (str): hex digest of ``data``.
         config (mrcnn.config.Config): the checkpoint's config.
+        thresholds (dict[int, float] | None): the per-class score thresholds calibrated in training
+            (``{category_id: score}``, from the checkpoint's metadata), or None.
     """
 
     uri: str
     data: bytes = field(repr=False)
     sha256: str
     config: Any = field(repr=False)
+    thresholds: dict[int, float] | None = field(default=None, repr=False)
 
 
 def load_model(model: str | os.PathLike | BatchModel, tracking_uri: str | None = None) -> BatchModel:
@@ -47,6 +50,20 @@ def load_model(model: str | os.PathLike | BatchModel, tracking_uri: str | None =
 
     with tempfile.TemporaryDirectory(prefix="mrcnn-batch-model-") as tmp:
         path = resolve_model_uri(model, tracking_uri=tracking_uri, dst_dir=tmp)
-        config = load_checkpoint(path).config
+        checkpoint = load_checkpoint(path)
         data = path.read_bytes()
-    return BatchModel(uri=str(model), data=data, sha256=hashlib.sha256(data).hexdigest(), config=config)
+    return BatchModel(uri=str(model), data=data, sha256=hashlib.sha256(data).hexdigest(), config=checkpoint.config,
+                      thresholds=_thresholds(checkpoint.metadata))  # fmt: skip
+
+
+def _thresholds(metadata: dict[str, Any]) -> dict[int, float] | None:
+    """``{category_id: score}`` from a checkpoint's ``thresholds`` metadata (``CalibratedThresholds.to_dict()``)."""
+    from mrcnn.thresholds import CalibratedThresholds
+
+    stored = metadata.get("thresholds")
+    if not stored:
+        return None
+    try:
+        return CalibratedThresholds.from_dict(stored).thresholds
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None  # an older or foreign metadata format: the report falls back to one threshold

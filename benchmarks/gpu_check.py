@@ -13,6 +13,13 @@ does), in fp32 and under bf16/fp16 autocast, batch 1 and 8; and our `r18_fpn_sma
 3. (``--only postprocess``) post-processing alone, full-size masks against box crops
 (benchmarks/bench_postprocess.py), and a whole `Predictor.predict` per photo at the default thresholds and
 at score 0 against torchvision's model call, which includes its own paste (goal on an H100/H200: <= 25 ms).
+4. (``--only e2e``, last) end to end (benchmarks/bench_train_e2e.py): shards of COCO-size JPEGs with masks ->
+`mrcnn train` with one worker (``--e2e-preset`` r50_fpn, bf16, batch 8, ``--e2e-steps`` 60, at ``--size``): the
+bare step inside the run and the images/s through the whole pipeline, with the data-wait fraction
+(train/data_wait_s / train/step_s) and the GPU utilisation sampled during the measured steps (goal on an
+H100/H200: >= 40 images/s). Ray Train when Ray imports, else the same loop without Ray (the row says which);
+when neither can run, one line says why and the other rows stand. CPU smoke run:
+``--device cpu --only e2e --e2e-preset r18_fpn_small --size 64 --e2e-images 8 --e2e-batch 2 --e2e-steps 3 --e2e-warmup 1``.
 """
 
 from __future__ import annotations
@@ -226,6 +233,21 @@ def bench_train(args, device, rows):
                     torch.cuda.empty_cache()
 
 
+def bench_e2e(args, device, rows):
+    """The end-to-end case (bench_train_e2e.py); a failure is one line (and its traceback on stderr), never the
+    end of the other rows."""
+    import traceback
+
+    import bench_train_e2e
+
+    try:
+        rows.extend(bench_train_e2e.e2e_rows(bench_train_e2e.e2e_args(args)))
+    except Exception as exc:  # noqa: BLE001 (whatever stops the case, the other rows are printed)
+        traceback.print_exc()
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"e2e: failed: {type(exc).__name__}: {message}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda")
@@ -233,9 +255,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--only", choices=["inference", "postprocess", "train"], default=None)
+    parser.add_argument("--only", choices=["inference", "postprocess", "train", "e2e"], default=None)
     parser.add_argument("--photos", type=int, default=len(PHOTOS), help="photos per pass in the predict-per-photo rows")
     parser.add_argument("--json-out", help="also write the rows as json here")
+    from bench_train_e2e import add_arguments as add_e2e_arguments
+
+    add_e2e_arguments(parser.add_argument_group("end to end (--only e2e)"), prefix="e2e-")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -252,17 +277,22 @@ def main() -> None:
     if args.only in (None, "train"):
         bench_train_vs_torchvision(args, device, rows)
         bench_train(args, device, rows)
+    if args.only in (None, "e2e"):
+        bench_e2e(args, device, rows)
 
     def fmt(t):
         return f"{t[0] * 1000:.1f} ({t[1] * 1000:.1f}-{t[2] * 1000:.1f})"
 
-    print("\n| benchmark | dtype | batch | torchvision ms | ours ms | ours/torchvision speed-up | images/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| benchmark | dtype | batch | torchvision ms | ours ms | ours/torchvision speed-up | images/s "
+          "| data wait / step | GPU util % |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         tv = fmt(r["torchvision_s"]) if "torchvision_s" in r else "-"
         ratio = f"{r['torchvision_s'][0] / r['ours_s'][0]:.2f}x" if "torchvision_s" in r else "-"
         ips = r.get("images_per_s", r["batch"] / r["ours_s"][0])
-        print(f"| {r['bench']} | {r['dtype']} | {r['batch']} | {tv} | {fmt(r['ours_s'])} | {ratio} | {ips:.1f} |")
+        wait = f"{r['wait_fraction']:.1%}" if "wait_fraction" in r else "-"
+        print(f"| {r['bench']} | {r['dtype']} | {r['batch']} | {tv} | {fmt(r['ours_s'])} | {ratio} | {ips:.1f} | {wait} "
+              f"| {r.get('gpu_util', '-')} |")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=1))
 

@@ -5,7 +5,8 @@
 - :mod:`pipelines.batch.worker`: the actor, :class:`SegmentWorker` (loads in ``__init__``, infers in ``__call__``);
 - :mod:`pipelines.batch.parts`: part files, the manifest, resume, and assembling the outputs;
 - :mod:`pipelines.batch.segment`: the segment driver;
-- :mod:`pipelines.batch.evaluate`: the evaluate driver (segment, then COCO evaluation).
+- :mod:`pipelines.batch.evaluate`: the evaluate driver (segment, then COCO evaluation);
+- :mod:`pipelines.batch.report`: evaluate's report, written to a folder and logged to the model's MLflow run.
 """
 
 from pipelines.batch.evaluate import EvaluationSummary, evaluate, match_file_names

@@ -4,7 +4,9 @@ The predictions are made by :func:`pipelines.batch.segment.segment` (a Ray Data 
 actor, ``--gpu`` for one GPU each) at the model's own score threshold (0.05 for the paper's presets),
 into ``OUT/detections/`` (a re-run over the same ``OUT`` resumes). The driver then evaluates the COCO
 results json against the ground truth with pycocotools (:func:`mrcnn.evaluation.evaluate_coco`) and
-writes ``OUT/metrics.json``.
+writes ``OUT/metrics.json`` and the evaluation report (:mod:`pipelines.batch.report`: ``OUT/report/`` or
+``report=DIR``; for a model an MLflow run produced, also that run's artifacts ``evaluate/<name>/report/`` and
+metrics ``evaluate/<name>/<iou_type>/<stat>``).
 
 The ground truth comes from either
 
@@ -24,6 +26,7 @@ and switches Winograd on with it (``optimize={"winograd": ...}``), as ``mrcnn se
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -34,6 +37,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from pipelines.batch.model import load_model
+from pipelines.batch.report import ReportDestination, model_run_id, publish_report, report_name
 from pipelines.batch.segment import segment
 from pipelines.common.storage import display_path, join_path, read_uri, resolve_path, write_atomic
 
@@ -52,6 +56,7 @@ class EvaluationSummary:
     num_images: images in the ground truth (all evaluated).
     num_rejected: ground-truth images that could not be read (evaluated as images without detections).
     num_detections: detections evaluated.
+    report: where the evaluation report went (a folder, and the model's run); None before it is written.
     """
 
     model: str
@@ -63,6 +68,7 @@ class EvaluationSummary:
     num_detections: int
     seconds: float
     metrics: dict[str, Any] = field(repr=False)
+    report: ReportDestination | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +76,7 @@ class EvaluationSummary:
             "score_threshold": self.score_threshold, "num_images": self.num_images,
             "num_rejected": self.num_rejected, "num_detections": self.num_detections,
             "seconds": round(self.seconds, 1), "metrics": self.metrics,
+            "report": self.report.to_dict() if self.report is not None else None,
         }  # fmt: skip
 
 
@@ -183,6 +190,7 @@ def evaluate(
     tracking_uri: str | None = None,
     ray_address: str | None = None,
     overwrite: bool = False,
+    report: str | os.PathLike | None = None,
 ) -> EvaluationSummary:
     """Predict every ground-truth image with ``model`` on the cluster, then COCO-evaluate bbox and segm (and
     keypoints, OKS, for a keypoint model; the ground truth then needs COCO person-keypoint fields).
@@ -194,7 +202,9 @@ def evaluate(
         annotations, images: a COCO instances json and its image folder.
         workers, gpu, batch_size, cpus_per_worker: the actor pool, as :func:`pipelines.batch.segment.segment`.
         score_threshold: keep detections above it; default the model's ``box_head.score_thresh``.
-        tracking_uri: MLflow store for ``models:/`` and ``runs:/`` (default ``MLFLOW_TRACKING_URI``).
+        tracking_uri: MLflow store for ``models:/`` and ``runs:/`` (default ``MLFLOW_TRACKING_URI``); the
+            report and the metrics are logged to the model's run there.
+        report: a local folder for the evaluation report (default ``OUT/report``).
 
     Raises:
         ValueError / FileNotFoundError: bad options, ground truth or model (one line each).
@@ -209,6 +219,7 @@ def evaluate(
     out_fs, out_root = resolve_path(out)
     shown_out = display_path(out, out_fs, out_root)
     loaded = load_model(model, tracking_uri)
+    run_id = model_run_id(str(model), tracking_uri)
     if score_threshold is None:
         score_threshold = float(loaded.config.model.box_head.score_thresh)
     print(f"[evaluate] {model} ({loaded.config.name}) on {described}: {len(image_ids)} images, "
@@ -229,4 +240,17 @@ def evaluate(
         seconds=time.perf_counter() - start, metrics=metrics,
     )  # fmt: skip
     write_atomic(join_path(out_root, METRICS_FILE), json.dumps(result.to_dict(), indent=1) + "\n", fs=out_fs)
+    destination = publish_report(
+        gt=gt, results=results, metrics=metrics, summary=result.to_dict(), iou_types=iou_types,
+        name=report_name(data or annotations or ""), out=shown_out, report_dir=report, run_id=run_id,
+        tracking_uri=tracking_uri, images=None if data else images, score_threshold=loaded.thresholds,
+    )  # fmt: skip
+    result = dataclasses.replace(result, report=destination)
+    write_atomic(join_path(out_root, METRICS_FILE), json.dumps(result.to_dict(), indent=1) + "\n", fs=out_fs)
+    if destination.run_id is None:
+        print(f"[evaluate] report: {destination.local_dir} (only there: {model} is not a model of an MLflow run, "
+              "so nothing is logged to MLflow)", file=sys.stderr, flush=True)  # fmt: skip
+    else:
+        print(f"[evaluate] report: {destination.local_dir}; logged to run {destination.run_id}: artifacts "
+              f"{destination.artifact_path}/, metrics {destination.metric_prefix}*", file=sys.stderr, flush=True)  # fmt: skip
     return result

@@ -26,15 +26,19 @@ class BatchModel:
         data (bytes): the checkpoint file.
         sha256 (str): hex digest of ``data``.
         config (mrcnn.config.Config): the checkpoint's config.
+        thresholds (dict[int, float] | None): the per-class score thresholds calibrated in training
+            (``{category_id: score}``, from the checkpoint's metadata), or None.
         categories (mrcnn.data.categories.CategoryMap | None): its category map.
-        class_thresholds (dict[int, float]): the per-class score thresholds stored with the model,
-            ``{category_id: score}`` ({} where it stores none).
+        class_thresholds (dict[int, float]): the per-class score thresholds segment applies by default,
+            ``{category_id: score}``: an MLflow Model's ``thresholds.json``, else the checkpoint's metadata
+            ({} where the model stores none).
     """
 
     uri: str
     data: bytes = field(repr=False)
     sha256: str
     config: Any = field(repr=False)
+    thresholds: dict[int, float] | None = field(default=None, repr=False)
     categories: Any = field(default=None, repr=False)
     class_thresholds: dict[int, float] = field(default_factory=dict)
 
@@ -60,6 +64,20 @@ def load_model(model: str | os.PathLike | BatchModel, tracking_uri: str | None =
         if stored is None:
             stored = stored_class_thresholds(checkpoint.metadata)
         data = path.read_bytes()
-    thresholds = check_class_thresholds(stored or {}, checkpoint.categories, source=f"thresholds of {model}")
+    class_thresholds = check_class_thresholds(stored or {}, checkpoint.categories, source=f"thresholds of {model}")
     return BatchModel(uri=str(model), data=data, sha256=hashlib.sha256(data).hexdigest(), config=checkpoint.config,
-                      categories=checkpoint.categories, class_thresholds=thresholds)  # fmt: skip
+                      thresholds=_thresholds(checkpoint.metadata), categories=checkpoint.categories,
+                      class_thresholds=class_thresholds)  # fmt: skip
+
+
+def _thresholds(metadata: dict[str, Any]) -> dict[int, float] | None:
+    """``{category_id: score}`` from a checkpoint's ``thresholds`` metadata (``CalibratedThresholds.to_dict()``)."""
+    from mrcnn.thresholds import CalibratedThresholds
+
+    stored = metadata.get("thresholds")
+    if not stored:
+        return None
+    try:
+        return CalibratedThresholds.from_dict(stored).thresholds
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None  # an older or foreign metadata format: the report falls back to one threshold

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,20 +118,38 @@ def job_main(verb: str, argv: Sequence[str]) -> int:
     return main([verb, *argv])
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _error_line(exc: BaseException) -> str:
+    """The exception's first line; for one of Ray's (a failed task, actor or training run, whose first line
+    only says where) that line and the last one, which says why (``...: ValueError: box 3 has zero width``):
+    ``MRCNN_DEBUG=1`` shows the whole traceback."""
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if len(lines) > 1 and type(exc).__module__.split(".")[0] == "ray":
+        return f"{lines[0].rstrip(':')}: {lines[-1]}"
+    return lines[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``mrcnn ARGV`` (default: ``sys.argv[1:]``). Returns the exit code: 0 done, 1 done with failures (skipped
     images, a failed variant or job), 2 an error (printed as one ``mrcnn: error: ...`` line), 130 interrupted."""
+    from pipelines.common.logs import library_warnings_to_file
+
     args = build_parser().parse_args(argv)
     try:
         _check_args(args)
-        return int(args.func(args) or 0)
+        with library_warnings_to_file():  # other libraries' warnings go to the log file, ours stay here
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("mrcnn: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one line for the user; MRCNN_DEBUG=1 shows the traceback
         if os.environ.get("MRCNN_DEBUG"):
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = _error_line(exc)
         known = (CLIError, ValueError, FileNotFoundError, OSError)
         prefix = "" if isinstance(exc, known) else f"{type(exc).__name__}: "
         print(f"mrcnn: error: {prefix}{message}", file=sys.stderr)

@@ -35,6 +35,9 @@ def add_parser(subparsers) -> None:
                    help="evaluate on the val shards every N iterations and at the end (default 0: only at the end; -1: never)")
     p.add_argument("--patience", type=int, metavar="N", help="stop after N evaluations without a better selection metric")
     p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--loader-threads", type=int, metavar="N",
+                   help="background threads per worker that decode and augment the next batches while the model "
+                   "computes (0: in the loop's thread; default -1: 2 on GPU workers, 1 on CPU workers)")
     p.add_argument("--storage-path", help="shared storage for checkpoints (local path, s3://, gs://)")
     p.add_argument("--name", help="run name; relaunching with the same name and storage path resumes")
     p.add_argument("--max-failures", type=int, help="worker failures to recover from")
@@ -75,6 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "name": args.name, "max_failures": args.max_failures, "tracking_uri": args.tracking_uri,
         "experiment": args.experiment, "model_name": args.model_name, "epochs": args.epochs,
         "backbone_weights": args.backbone_weights, "init_from": args.init_from, "patience": args.patience,
+        "loader_threads": args.loader_threads,
     }  # fmt: skip
     # A budget flag replaces the config's budget: --max-iters clears its epochs, --epochs its max_iters.
     if args.max_iters is not None and args.epochs is None:

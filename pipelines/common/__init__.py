@@ -1,5 +1,6 @@
 """Plumbing every stage shares: storage (local paths and ``s3://``/``gs://`` through pyarrow.fs, atomic
-writes), the one Ray-session policy, and a stage's log lines and progress bars."""
+writes), the one Ray-session policy, a stage's log lines and progress bars, and the log file where Ray's own
+messages and other libraries' warnings go (:mod:`pipelines.common.logs`)."""
 
 from pipelines.common.progress import StageLog, progress
 from pipelines.common.session import ray_session

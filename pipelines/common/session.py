@@ -6,6 +6,10 @@
   Ray of this process's own (``address="local"``: never another process's local Ray, which this
   process would otherwise take down or depend on).
 - At the end, disconnect only what this call connected; a local Ray started here stops with it.
+- While a session started here lasts, Ray's own log lines (its driver loggers and the lines its workers
+  print) go to this process's log file, not the console (:func:`pipelines.common.logs.ray_logs_to_file`):
+  the console keeps our ``[stage]`` lines, including the training workers', and errors. The file's path
+  is printed once. A session this call reuses keeps its logging as it is.
 """
 
 from __future__ import annotations
@@ -30,15 +34,22 @@ def ray_session(address: str | None = None, **init_kwargs: Any) -> Iterator[bool
     """
     import ray
 
+    from pipelines.common.logs import announce, ray_logs_to_file
+
     if ray.is_initialized():
         yield False
         return
     init_kwargs.setdefault("log_to_driver", True)
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", **init_kwargs)
-    try:
-        yield True
-    finally:
-        ray.shutdown()
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    with ray_logs_to_file() as connected:
+        doing = "starting a local Ray" if address == "local" else f"connecting to Ray at {address}"
+        announce("ray", f"{doing}; Ray's own messages go to {{path}}")
+        ray.init(address=address, **init_kwargs)
+        connected()
+        try:
+            yield True
+        finally:
+            ray.shutdown()
 
 
 def session_is_local(address: str | None = None) -> bool:

@@ -7,6 +7,8 @@
   (params from the config, per-step losses, COCO AP, artifacts, loss-curve PNG). A training run is
   identified by a *run key* (the Ray Train run name + storage path); starting again with the same key
   continues the same MLflow run.
+- :mod:`~pipelines.tracking.metric_buffer`: :class:`MetricBuffer`, per-step metrics sent in batches (one
+  ``log_batch`` per K steps or N seconds), with every step's value and step kept.
 - :mod:`~pipelines.tracking.registry`: :func:`register_checkpoint`: a checkpoint file becomes an MLflow
   Model and a version of a registered model; the alias ``best`` points at the version with the highest segm AP.
 - :mod:`~pipelines.tracking.pyfunc`: that MLflow Model, a pyfunc flavor wrapping ``mrcnn.Predictor``
@@ -21,6 +23,7 @@ Every function takes the tracking URI explicitly. mlflow is imported inside the 
 this package costs nothing.
 """
 
+from pipelines.tracking.metric_buffer import MetricBuffer
 from pipelines.tracking.model_uri import CHECKPOINT_SUFFIXES, describe_model, model_thresholds, resolve_model_uri
 from pipelines.tracking.registry import BEST_ALIAS, SEGM_AP_TAG, RegistrationResult, register_checkpoint
 from pipelines.tracking.run import ARTIFACT_IMAGE_SUFFIXES, RUN_STATUSES, Tracker, write_loss_curves_png
@@ -55,6 +58,7 @@ __all__ = [
     "RUN_KEY_TAG",
     "RUN_STATUSES",
     "SEGM_AP_TAG",
+    "MetricBuffer",
     "RegistrationResult",
     "Tracker",
     "child_runs",

@@ -237,7 +237,21 @@ class Tracker:
     # -- metrics -------------------------------------------------------------------------------
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Log scalar metrics at ``step`` (keys sanitized; values anything ``float()`` takes; None skipped)."""
+        """Log scalar metrics at ``step`` (keys sanitized; values anything ``float()`` takes; None skipped).
+
+        One call to the store per call (per step, in training): :class:`~pipelines.tracking.MetricBuffer`
+        gathers many steps into one.
+        """
+        self.log_metric_entries(self.metric_entries(metrics, step))
+
+    @staticmethod
+    def metric_entries(metrics: Mapping[str, Any], step: int) -> list:
+        """``metrics`` at ``step`` as ``mlflow.entities.Metric`` entries (keys sanitized, None skipped), stamped
+        now (milliseconds since the epoch).
+
+        Raises:
+            ValueError: a value ``float()`` does not take (names the key and the step).
+        """
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000)
@@ -250,14 +264,20 @@ class Tracker:
             except (TypeError, ValueError):
                 raise ValueError(f"metric {key!r} at step {step}: expected a number, got {value!r}") from None
             entries.append(Metric(sanitize_key(key), number, timestamp, int(step)))
+        return entries
+
+    def log_metric_entries(self, entries: list) -> None:
+        """Send ``Metric`` entries (any steps) to the run, in ``log_batch`` calls of at most
+        ``MAX_METRICS_PER_BATCH``."""
         for batch in chunks(entries, MAX_METRICS_PER_BATCH):
             self._client.log_batch(self._run_id, metrics=batch)
 
-    def log_eval(self, metrics: Mapping[str, Mapping[str, Any]], step: int) -> dict[str, float]:
+    def log_eval(self, metrics: Mapping[str, Mapping[str, Any]], step: int, *, prefix: str = "") -> dict[str, float]:
         """Log ``mrcnn.evaluation.evaluate_coco`` output at ``step``.
 
-        Names: ``segm/AP``, ``bbox/AP50``... and ``segm_per_category/<category name>``. Values of -1
-        (pycocotools' "no ground truth for this") are skipped.
+        Names: ``segm/AP``, ``bbox/AP50``... and ``segm_per_category/<category name>``, each after ``prefix``
+        (``evaluate/val/`` gives ``evaluate/val/segm/AP``). Values of -1 (pycocotools' "no ground truth for
+        this") are skipped.
 
         Returns:
             The flat ``{name: value}`` that was logged.
@@ -268,9 +288,9 @@ class Tracker:
                 if name == "per_category":
                     for category, ap in (value or {}).items():
                         if ap is not None and float(ap) >= 0:
-                            flat[sanitize_key(f"{iou_type}_per_category/{category}")] = float(ap)
+                            flat[sanitize_key(f"{prefix}{iou_type}_per_category/{category}")] = float(ap)
                 elif isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-                    flat[sanitize_key(f"{iou_type}/{name}")] = float(value)
+                    flat[sanitize_key(f"{prefix}{iou_type}/{name}")] = float(value)
         self.log_metrics(flat, step)
         return flat
 

@@ -154,8 +154,11 @@ def train(run: TrainRunConfig, *, ray_address: str | None = None, extra_hooks: S
     hooks = check_hook_specs([*extra_hooks, *_env_hooks()])
     if not run.storage_path:
         run = dataclasses.replace(run, storage_path=str(Path("ray_results").resolve()))
-    if "://" not in run.storage_path:
-        run = dataclasses.replace(run, storage_path=str(Path(run.storage_path).resolve()))
+    # Local paths are the driver's: the workers run in another folder, where a relative path names nothing
+    # (`mrcnn train --data houses-shards` read its val shards nowhere, so nothing was evaluated or registered).
+    run = dataclasses.replace(run, **{name: str(Path(getattr(run, name)).resolve())
+                                      for name in ("data", "storage_path", "backbone_weights")
+                                      if getattr(run, name) and "://" not in getattr(run, name)})  # fmt: skip
     init_source = check_init_from(run) if run.init_from else None  # a bad model fails here, before Ray starts
     with ray_session(ray_address):
         return _train(run, hooks, init_source)

@@ -8,7 +8,8 @@
 - :class:`MlflowTracking`: rank 0's MLflow run: the evaluations, the loss curves, val overlays and the final
   evaluation's report (``report/``) at the end, the run's end (FINISHED, or FAILED when the loop raised).
   The per-step ``train/*`` metrics and the evaluations' ``val/*`` losses go through
-  :class:`mrcnn.engine.MetricLogger` with ``write=tracker.log_metrics``.
+  :class:`mrcnn.engine.MetricLogger` into a :class:`pipelines.tracking.MetricBuffer` (one ``log_batch`` per
+  50 steps or 10 s), which this hook sends at evaluations, checkpoints, the end and on failure.
 """
 
 from __future__ import annotations
@@ -213,11 +214,18 @@ class MlflowTracking(HookBase):
         num_overlays: val images drawn with their detections and logged under ``images/``.
         calibration: the threshold hook: the final evaluation's report (:func:`mrcnn.report.write_report`,
             logged under ``report/``) uses its thresholds for the confusion matrices; iou_types: the report's.
+        metrics: the :class:`pipelines.tracking.MetricBuffer` that the per-step metrics are written to (None:
+            they are sent unbuffered); this hook sends what it holds at every evaluation, every
+            ``flush_every`` steps (the checkpoints: a killed worker loses at most the steps a resume trains
+            again), at the end and on failure, each time before the run's own logging.
     """
 
     def __init__(self, tracker, *, val=None, categories=None, device=None, num_overlays: int = 0,
-                 calibration: ThresholdCalibration | None = None, iou_types: Sequence[str] = ("bbox", "segm")):  # fmt: skip
+                 calibration: ThresholdCalibration | None = None, iou_types: Sequence[str] = ("bbox", "segm"),
+                 metrics=None, flush_every: int = 0):  # fmt: skip
         self.tracker = tracker
+        self.metrics = metrics
+        self.flush_every = flush_every
         self.val = val
         self.categories = categories
         self.device = device
@@ -227,9 +235,13 @@ class MlflowTracking(HookBase):
         self._logged_at = -1
 
     def after_step(self) -> None:
+        iteration = self.trainer.state.iteration
+        if fresh_eval(self.trainer) is not None or (self.flush_every and iteration % self.flush_every == 0):
+            self._flush()
         self._log_eval()
 
     def after_train(self) -> None:
+        self._flush()
         self._log_eval()
         evaluation = fresh_evaluation(self.trainer)
         if evaluation is not None and self.val is not None:
@@ -240,7 +252,14 @@ class MlflowTracking(HookBase):
         self.tracker.end("FINISHED")
 
     def on_failure(self, exc: BaseException) -> None:
-        self.tracker.end("FAILED")
+        try:
+            self._flush()  # the steps before the failure stay in the history
+        finally:
+            self.tracker.end("FAILED")
+
+    def _flush(self) -> None:
+        if self.metrics is not None:
+            self.metrics.flush()
 
     def _log_eval(self) -> None:
         results = fresh_eval(self.trainer)

@@ -103,6 +103,7 @@ def _hooks(run: TrainRunConfig, cfg, categories, *, rank: int, model, state, tra
     import math
 
     from mrcnn.engine import BestModel, EarlyStopping, LRSchedule, MetricLogger, PeriodicEvaluation
+    from pipelines.tracking import MetricBuffer
     from pipelines.train.data import load_val
     from pipelines.train.driver import run_key
     from pipelines.train.hooks import (
@@ -124,14 +125,18 @@ def _hooks(run: TrainRunConfig, cfg, categories, *, rank: int, model, state, tra
         best = BestModel(selection_metric(cfg))
         early = EarlyStopping(best, run.patience) if run.patience else None
         calibration = ThresholdCalibration(val[2], iou_type="segm" if "segm" in cfg.model.iou_types else "bbox")
-    write = tracker.log_metrics if tracker is not None else None  # train/* of every step, val/* of evaluations; rank 0
+    # train/* of every step, val/* of evaluations (rank 0), sent in batches: one log_batch per 50 steps or 10 s, and
+    # at evaluations, checkpoints, the end and on failure (MlflowTracking), not a round trip to the store per step.
+    buffer = MetricBuffer(tracker) if tracker is not None else None
+    write = buffer.log if buffer is not None else None
     register = register_best(tracker, run, state) if tracker is not None and run.model_name else None
     report = RayReport(run.checkpoint_every, rank=rank, cfg=cfg, categories=categories, key=run_key(run), best=best,
                        register=register, calibration=calibration)  # fmt: skip
     mlflow = None
     if tracker is not None:
         mlflow = MlflowTracking(tracker, val=val, categories=categories, device=device, num_overlays=run.num_val_overlays,
-                                calibration=calibration, iou_types=cfg.model.iou_types)  # fmt: skip
+                                calibration=calibration, iou_types=cfg.model.iou_types, metrics=buffer,
+                                flush_every=run.checkpoint_every)  # fmt: skip
     logger = MetricLogger(write, period=25 if rank == 0 else 0, print_fn=write_line)
     return [LRSchedule(cfg.solver), evaluation, best, early, calibration, logger, *build_hooks(extra_hooks), report, mlflow]
 

@@ -35,6 +35,39 @@ def test_gpu_check_runs_on_cpu():
     assert benches == ["train step r50_fpn 64px vs torchvision", "train step r18_fpn_small 128px"]
 
 
+E2E_SMOKE = ("--device", "cpu", "--only", "e2e", "--size", "64", "--e2e-preset", "r18_fpn_small", "--e2e-images", "8",
+             "--e2e-batch", "2", "--e2e-steps", "3", "--e2e-warmup", "1")
+
+
+def _e2e_rows(output: str) -> list[list[str]]:
+    header, *rows = _table_rows(output)
+    assert header[-2:] == ["data wait / step", "GPU util %"]
+    assert [row[0].split("): ", 1)[1].split(" (")[0] for row in rows] == ["the bare step inside the run",
+                                                                          "through the pipeline"]  # fmt: skip
+    assert all(row[1:3] == ["fp32", "2"] and float(row[6]) > 0 for row in rows)
+    assert rows[0][7:] == ["-", "-"] and 0 <= float(rows[1][7].rstrip("%")) <= 100 and rows[1][8] == "-"  # no GPU here
+    return rows
+
+
+@pytest.mark.slow  # a local Ray, preprocessing and a Ray Train run: tens of seconds
+def test_gpu_check_e2e_trains_from_shards_through_ray_train_on_cpu():
+    """The end-to-end case as a lent GPU machine with Ray and MLflow runs it: preprocess, then `mrcnn train`'s
+    Ray Train run with MLflow, 3 steps (1 left out as warm-up)."""
+    rows = _e2e_rows(_run("gpu_check.py", *E2E_SMOKE))
+    assert all("2 steps after 1 (Ray Train + MLflow, loader_threads 1)" in row[0] for row in rows)
+
+
+def test_gpu_check_e2e_falls_back_to_the_plain_loop_without_ray():
+    """A machine without Ray runs the same loop in-process (and says so); nothing crashes."""
+    code = ("import runpy, sys; sys.modules['ray'] = None; sys.argv = ['gpu_check.py', *sys.argv[1:]]; "
+            "runpy.run_path('benchmarks/gpu_check.py', run_name='__main__')")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code, *E2E_SMOKE], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _e2e_rows(result.stdout)
+    assert all("(plain loop, no Ray (Ray does not import: " in row[0] for row in rows)
+
+
 def test_gpu_check_postprocess_rows_run_on_cpu():
     output = _run("gpu_check.py", "--device", "cpu", "--size", "64", "--repeats", "1", "--warmup", "0", "--photos", "1",
                   "--only", "postprocess")
@@ -117,3 +150,13 @@ def test_bench_input_pipeline_reports_throughput_and_wait_fraction():
     result = json.loads(output.strip().splitlines()[-1])
     assert [row[0] for row in result["throughput"]] == [0, 2]
     assert set(result["wait_fraction"]) == {"0", "2"} and all(0 <= f <= 1 for f in result["wait_fraction"].values())
+
+
+def test_keypoint_recipe_scores_the_holdout_at_each_step_asked(tmp_path):
+    output = _run("keypoint_recipe.py", "--size", "64", "--steps", "2", "--eval-at", "1,2", "--batch", "2", "--train", "2",
+                  "--holdout", "2", "--flip", "--data", str(tmp_path))  # fmt: skip
+    rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert [row["step"] for row in rows] == [1, 2]
+    assert all(0 <= row["keypoints_AP"] <= 100 and row["cpu_s_per_step"] > 0 for row in rows)
+    assert (rows[0]["preset"], rows[0]["size"], rows[0]["flip"]) == ("r18_fpn_small_keypoints", 64, True)
+    assert (tmp_path / "holdout-s64-seed1000" / "val" / "annotations.json").is_file()

@@ -1,7 +1,8 @@
 """Keypoints through the application: synth/predict/eval on the command line, COCO keypoint json -> Parquet
-shards (Ray Data), Ray Train with keypoint AP in MLflow, and `mrcnn evaluate` (the segment actor pool).
+shards (Ray Data) with a bad annotation rejected.
 
-One local Ray (2 CPUs) for the module; the MLflow store is the embedded default (SQLite in a temp dir).
+Training a keypoint model (keypoint AP in MLflow, registered by it) and `mrcnn evaluate` of it run as the
+README and docs/pipeline.md write them, in tests/docs/test_documented_commands.py.
 """
 
 from __future__ import annotations
@@ -110,44 +111,3 @@ def test_preprocess_writes_keypoints_and_rejects_the_bad_annotation(shards):
     np.testing.assert_allclose(targets[0]["keypoints"].numpy(), expected)
     _, no_keypoints = collate_shard_batch(batch, num_keypoints=0)  # an instance model on keypoint data
     assert "keypoints" not in no_keypoints[0]
-
-
-def test_train_a_keypoint_model_logs_keypoint_ap_and_registers_by_it(shards, tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    from mrcnn.checkpoint import load_checkpoint
-    from pipelines.tracking import default_tracking_uri
-    from pipelines.train import TrainRunConfig, train
-    from tests.pipelines.test_train import LIGHT
-
-    tracking_uri = default_tracking_uri(tmp_path)
-    overrides = {**LIGHT, "model.task": "keypoints", "model.keypoint_head.conv_dim": 32, "model.keypoint_head.num_convs": 2}
-    run = TrainRunConfig(data=str(shards), overrides=overrides, workers=1, batch_size=2, max_iters=3, eval_every=3,
-                         checkpoint_every=3, storage_path=str(tmp_path / "ray_results"), name="kp", tracking_uri=tracking_uri,
-                         experiment="tests-kp", model_name="kp-model", num_val_overlays=1)  # fmt: skip
-    result = train(run)
-
-    assert result.iteration == 3
-    assert {"keypoints_AP", "keypoints_AR", "segm_AP", "bbox_AP"} <= set(result.metrics)
-    checkpoint = load_checkpoint(result.checkpoint_path)
-    assert checkpoint.config.model.task == "keypoints" and checkpoint.config.model.keypoint_head.num_keypoints == 5
-    assert checkpoint.categories.keypoint_category.keypoints == HOUSE_KEYPOINTS
-    assert checkpoint.metadata["keypoints_AP"] == pytest.approx(result.metrics["keypoints_AP"])
-
-    client = MlflowClient(tracking_uri)
-    for name in ("train/loss_keypoint", "keypoints/AP", "keypoints/AP50", "keypoints_per_category/house"):
-        assert client.get_metric_history(result.mlflow_run_id, name), name
-    assert client.get_metric_history(result.mlflow_run_id, "keypoints/AP")[-1].value == pytest.approx(result.metrics["keypoints_AP"])
-    version = client.get_model_version_by_alias("kp-model", "best")
-    assert float(version.tags["keypoints_AP"]) == pytest.approx(result.metrics["keypoints_AP"])
-
-
-def test_evaluate_a_keypoint_model_on_shards(shards, small_keypoint_checkpoint, tmp_path):
-    from pipelines.batch.evaluate import evaluate
-
-    summary = evaluate(model=str(small_keypoint_checkpoint), data=str(shards / "val"), out=tmp_path / "eval",
-                       workers=1, score_threshold=0.0)  # fmt: skip
-    assert set(summary.metrics) == {"bbox", "segm", "keypoints"}
-    assert set(summary.metrics["keypoints"]) == {*KEYPOINT_STAT_NAMES, "per_category"}
-    results = json.loads((tmp_path / "eval" / "detections" / "results.json").read_text())
-    assert results and all(len(r["keypoints"]) == 15 for r in results)

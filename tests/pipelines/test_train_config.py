@@ -60,6 +60,24 @@ def test_other_gpu_counts_keep_the_schedule_by_the_linear_scaling_rule(monkeypat
     assert (launched[-1].max_iters, launched[-1].epochs) == (10, 0.0)
 
 
+def test_loader_threads_flag_reaches_the_run_config(monkeypatch, tmp_path):
+    launched = []
+    monkeypatch.setattr(pipelines.train, "train", lambda run, **kw: launched.append(run) or TrainResult(0, {}, None, None, ""))
+    assert main(["train", "--data", "d", "--loader-threads", "5"]) == 0
+    assert launched[-1].loader_threads == 5 and launched[-1].num_loader_threads() == 5
+    # The flag overrides a config's value; without it the config's (or the default -1: auto) stays.
+    config = str(ROOT / "configs" / "coco_r50_fpn_lsj.yaml")
+    assert main(["train", "--config", config, "--loader-threads", "0"]) == 0
+    assert launched[-1].loader_threads == 0
+    assert main(["train", "--config", config]) == 0
+    assert launched[-1].loader_threads == 6
+    assert main(["train", "--data", "d"]) == 0
+    assert launched[-1].loader_threads == -1
+    count = len(launched)
+    assert main(["train", "--data", "d", "--loader-threads", "-3"]) == 2  # refused before anything starts
+    assert len(launched) == count
+
+
 def test_budget_validation():
     with pytest.raises(ValueError, match="give max_iters or epochs, not both"):
         TrainRunConfig(data="d", max_iters=10, epochs=1).validate()
@@ -100,7 +118,8 @@ def test_the_lsj_recipe_parses_with_its_augmentation():
     cfg = run.model_config()
     assert cfg.solver.weight_decay == 4e-5 and isinstance(cfg.solver.weight_decay, float)
     assert cfg.model.input.min_size == (1024,) and cfg.model.input.max_size == 1024
-    assert run.num_loader_threads() == 2  # GPU workers
+    # ~13 LSJ images/s per core (benchmarks/RESULTS.md): 6 threads for 40-60 images/s per GPU, within its CPUs.
+    assert run.loader_threads == run.num_loader_threads() == 6 and run.loader_threads < run.cpus_per_worker
 
 
 def test_augmentation_and_loader_threads_are_validated(tmp_path):
@@ -123,3 +142,23 @@ def test_augmentation_and_loader_threads_are_validated(tmp_path):
     run = TrainRunConfig.from_yaml(tmp_path / "run.yaml").validate()
     assert run.overrides["solver.base_lr"] == 1e-4 and run.loader_threads == 3
     assert run.augmentation_config().min_sizes == (512, 576)
+
+
+def test_local_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
+    """Ray Train workers run in another folder: the driver makes local data, storage and backbone-weights paths
+    absolute (a relative --data used to find no val shards there, so nothing was evaluated or registered)."""
+    import contextlib
+
+    import pipelines.common.session
+    import pipelines.train.driver
+
+    launched = []
+    monkeypatch.setattr(pipelines.common.session, "ray_session", lambda address=None: contextlib.nullcontext(True))
+    monkeypatch.setattr(pipelines.train.driver, "_train", lambda run, hooks, init_source: launched.append(run))
+    monkeypatch.chdir(tmp_path)
+    pipelines.train.train(TrainRunConfig(data="shards", storage_path="runs", backbone_weights="resnet18.pth"))
+    pipelines.train.train(TrainRunConfig(data="s3://bucket/shards", storage_path="gs://bucket/runs"))
+    assert [(r.data, r.storage_path, r.backbone_weights) for r in launched] == [
+        (str(tmp_path / "shards"), str(tmp_path / "runs"), str(tmp_path / "resnet18.pth")),
+        ("s3://bucket/shards", "gs://bucket/runs", ""),
+    ]

@@ -207,3 +207,16 @@ def test_one_vocabulary_old_names_kept():
     for verb, extra in (("segment", ["--model", "m", "--input", "i", "--out", "o"]), ("evaluate", ["--model", "m", "--out", "o"]),
                         ("ablate", []), ("predict", ["x.jpg", "--model", "m"])):  # fmt: skip
         assert parser.parse_args([verb, *extra, "--out", "elsewhere"]).out == "elsewhere"
+
+
+def test_a_ray_error_says_why_in_its_one_line():
+    """Ray's errors say where on their first line and why on their last (the traceback between them is long)."""
+    from ray.train import WorkerGroupError
+
+    from pipelines.cli import _error_line
+
+    failed = WorkerGroupError("[Rank 0]\nTraceback (most recent call last):\n  File \"loop.py\", line 3\n"
+                              "ValueError: box 3 has zero width", {})  # fmt: skip
+    assert _error_line(failed) == "Training failed due to worker errors: ValueError: box 3 has zero width"
+    assert _error_line(ValueError("first line\nsecond line")) == "first line", "ours: the first line only"
+    assert _error_line(RuntimeError("")) == "RuntimeError"

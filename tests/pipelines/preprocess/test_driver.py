@@ -7,6 +7,7 @@ json for boxes/categories, ``load_coco(check_decode=True)`` for the reject count
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -243,21 +244,33 @@ def test_bad_input_raises_clear_errors(tmp_path):
         )
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, timeout=300)
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})  # fmt: skip
 
 
 def test_cli_preprocess(tmp_path):
-    """The verb in a subprocess, connected to this test's Ray with --address; bad input is one line."""
+    """The verb in a subprocess, connected to this test's Ray with --address; bad input is one line. Its console
+    holds our lines and no line of Ray's own: those are in the log file that the console names."""
     address = ray.get_runtime_context().gcs_address
     result = run_cli(
         "preprocess", str(tmp_path / "out"), "--annotations", str(COCO_MINI_JSON), "--images", str(COCO_MINI_IMAGES),
-        "--split", "val", "--num-shards", "2", "--address", address,
-    )
+        "--split", "val", "--num-shards", "2", "--address", address, env={"MRCNN_LOG_DIR": str(tmp_path / "logs")},
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "val: 6 rows (58 instances, 2 crowd) from 6 images in 2 shard(s), 0 rejects" in result.stdout
     assert f"categories: {tmp_path / 'out' / 'categories.json'}" in result.stdout
     assert len(list_shards(tmp_path / "out" / "val")) == 2
+
+    console = result.stderr + result.stdout
+    assert "val: wrote 6 rows in 2 shard(s)" in result.stderr, "our progress lines stay on the console"
+    for ray_word in ("streaming_executor", "logging_progress", "dataset.py", "Data sink", "INFO", "WARNING"):
+        assert ray_word not in console, f"Ray's {ray_word!r} on the console:\n{console}"
+    named = [line for line in result.stderr.splitlines() if line.startswith("[ray] ")]
+    assert len(named) == 1 and f"connecting to Ray at {address}; Ray's own messages go to " in named[0], result.stderr
+    log_file = Path(named[0].rsplit(" ", 1)[-1])
+    assert log_file.parent == tmp_path / "logs" and log_file.is_file()
+    assert "streaming_executor" in log_file.read_text(), "Ray's lines are in the file"
 
     for bad in (
         ["preprocess", str(tmp_path / "missing"), str(tmp_path / "out")],

@@ -16,7 +16,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--task", choices=["instances", "keypoints"], default="instances",
                    help="instances: the synthetic shapes, boxes + masks (default); keypoints: the synthetic houses, "
                         "boxes + 5 corner keypoints, OKS AP on a holdout from an unseen seed")  # fmt: skip
-    p.add_argument("--minutes", type=float, default=8.0, help="training budget in minutes")
+    p.add_argument("--iters", type=int, default=None,
+                   help="training steps (default: 250 for instances, 200 for keypoints; with --minutes alone: none)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="a training time budget in minutes instead (with --iters too: whichever ends first)")
     p.add_argument("--train", type=int, default=400, help="synthetic training images")
     p.add_argument("--val", type=int, default=100, help="synthetic validation images")
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
@@ -25,20 +28,32 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _iters(args: argparse.Namespace, default: int) -> int | None:
+    """The step budget: --iters, else the task's default, else none when only --minutes is given."""
+    if args.iters is not None:
+        if args.iters < 1:
+            raise SystemExit("mrcnn demo: --iters must be >= 1")
+        return args.iters
+    return None if args.minutes else default
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.minutes is not None and args.minutes <= 0:
+        raise SystemExit("mrcnn demo: --minutes must be > 0")
     if args.task == "keypoints":
-        from pipelines.demo_keypoints import run_keypoint_demo
+        from pipelines.demo_keypoints import DEMO_ITERS, run_keypoint_demo
 
         summary = run_keypoint_demo(
-            workdir=args.workdir, minutes=args.minutes, seed=args.seed, num_train=args.train, num_val=args.val,
+            workdir=args.workdir, iters=_iters(args, DEMO_ITERS), minutes=args.minutes, seed=args.seed, num_train=args.train, num_val=args.val,
             workers=args.workers, ray_address=args.address,
         )  # fmt: skip
         print(json.dumps(summary))
         return 0
+    from pipelines.demo import DEMO_ITERS as INSTANCE_DEMO_ITERS
     from pipelines.demo import run_demo
 
     summary = run_demo(
-        workdir=args.workdir, minutes=args.minutes, seed=args.seed, num_train=args.train, num_val=args.val,
+        workdir=args.workdir, iters=_iters(args, INSTANCE_DEMO_ITERS), minutes=args.minutes, seed=args.seed, num_train=args.train, num_val=args.val,
         workers=args.workers, ray_address=args.address,
     )  # fmt: skip
     print(json.dumps(summary))

@@ -160,3 +160,14 @@ def test_keypoint_recipe_scores_the_holdout_at_each_step_asked(tmp_path):
     assert all(0 <= row["keypoints_AP"] <= 100 and row["cpu_s_per_step"] > 0 for row in rows)
     assert (rows[0]["preset"], rows[0]["size"], rows[0]["flip"]) == ("r18_fpn_small_keypoints", 64, True)
     assert (tmp_path / "holdout-s64-seed1000" / "val" / "annotations.json").is_file()
+
+
+def test_demo_recipe_scores_the_holdout_at_each_step_asked(tmp_path):
+    output = _run("demo_recipe.py", "--data", str(tmp_path), "--size", "64", "--steps", "2", "--eval-at", "1,2",
+                  "--batch", "2", "--train", "2", "--holdout", "2", "--override", '{"solver.warmup_iters": 1}')  # fmt: skip
+    rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert [row["step"] for row in rows] == [1, 2]
+    assert all(0 <= row["segm_AP"] <= 100 and row["cpu_s_per_step"] > 0 for row in rows)
+    assert (rows[0]["size"], rows[0]["override"]) == (64, {"solver.warmup_iters": 1})
+    holdout = json.loads((tmp_path / "easy-s64-n2-h2-seed12345" / "val" / "annotations.json").read_text())
+    assert (holdout["info"]["seed"], holdout["info"]["difficulty"], len(holdout["images"])) == (12345, "easy", 2)

@@ -33,9 +33,28 @@ def test_keypoint_task_runs_the_keypoint_demo_with_the_flags(tmp_path, monkeypat
     out = str(tmp_path / "d")
     assert main(["demo", "--task", "keypoints", "--out", out, "--minutes", "0.5", "--train", "3", "--val", "2",
                  "--workers", "1", "--seed", "4"]) == 0  # fmt: skip
-    assert calls == [{"workdir": out, "minutes": 0.5, "seed": 4, "num_train": 3, "num_val": 2, "workers": 1,
-                      "ray_address": None}]  # fmt: skip
+    # --minutes alone: a time budget, no step budget.
+    assert calls == [{"workdir": out, "iters": None, "minutes": 0.5, "seed": 4, "num_train": 3, "num_val": 2,
+                      "workers": 1, "ray_address": None}]  # fmt: skip
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"keypoints_AP": 1.0}
+    # By default the budget is the task's number of steps (the figure then does not depend on the load).
+    assert main(["demo", "--task", "keypoints", "--out", out]) == 0
+    assert (calls[-1]["iters"], calls[-1]["minutes"]) == (demo_keypoints.DEMO_ITERS, None)
+    assert main(["demo", "--task", "keypoints", "--out", out, "--iters", "7", "--minutes", "2"]) == 0
+    assert (calls[-1]["iters"], calls[-1]["minutes"]) == (7, 2.0)
+
+
+def test_the_instance_demo_takes_the_same_budget_flags(tmp_path, monkeypatch):
+    from pipelines import demo
+
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda **kwargs: calls.append(kwargs) or {})
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert (calls[-1]["iters"], calls[-1]["minutes"]) == (demo.DEMO_ITERS, None)
+    assert main(["demo", "--out", str(tmp_path), "--minutes", "3"]) == 0
+    assert (calls[-1]["iters"], calls[-1]["minutes"]) == (None, 3.0)
+    with pytest.raises(SystemExit, match="--iters must be >= 1"):
+        main(["demo", "--out", str(tmp_path), "--iters", "0"])
 
 
 def test_houses_train_from_the_seed_and_hold_out_an_unseen_seed(tmp_path):
@@ -58,7 +77,10 @@ def test_houses_train_from_the_seed_and_hold_out_an_unseen_seed(tmp_path):
 
 
 def test_the_run_trains_the_preset_on_the_demo_shards_and_registers_it(tmp_path):
-    run = demo_keypoints.train_run_config(tmp_path, minutes=0.5, workers=2, seed=3, tracking_uri="sqlite:///x.db")
+    run = demo_keypoints.train_run_config(tmp_path, workers=2, seed=3, tracking_uri="sqlite:///x.db")
+    assert (run.max_iters, run.minutes) == (demo_keypoints.DEMO_ITERS, 0.0)  # a step budget by default
+    run = demo_keypoints.train_run_config(tmp_path, iters=None, minutes=0.5, workers=2, seed=3,
+                                          tracking_uri="sqlite:///x.db")  # fmt: skip
     # Its own shard folder: the instance demo's shards/ in the same working folder hold another category map.
     assert (run.data, run.preset, run.model_name) == (str(tmp_path / "houses-shards"), demo_keypoints.PRESET,
                                                       "mrcnn-demo-keypoints")  # fmt: skip

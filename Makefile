@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/mrcnn demo --out mrcnn-demo
 
 test: $(STAMP) browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # Debian's Chromium for the web-page test (tests/pipelines/test_web.py skips, saying why, without it).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-# The demo trains on the synthetic `easy` set (docs/results.md). An untrained model scores ~0
-# (tests/mrcnn/test_learning.py); 80 single-process steps on that set already reach 12.8 on a fresh holdout,
-# and the demo takes ~210 on an idle machine. Raise this to a margin below the demo's measured figure once it
-# has been measured on an idle machine (docs/results.md).
-MIN_SEGM_AP = 12.0
+# The demo trains on the synthetic `easy` set for a fixed 250 steps (so its figure does not depend on the
+# machine's load) and evaluates on a holdout from an unseen seed: segm AP 51.8 / bbox AP 54.6 on the idle
+# 2-core machine (docs/results.md; the goal is >= 50). An untrained model scores ~0. The margin
+# below 51.8 is for run-to-run differences (Ray Data's order of the shards between workers).
+MIN_SEGM_AP = 45.0
 
 
 @pytest.mark.slow
@@ -28,6 +28,7 @@ def test_demo_runs_end_to_end_and_learns(tmp_path):
     assert {"segm_AP", "bbox_AP", "model_uri", "tracking_uri", "workdir"} <= set(summary)
     assert summary["workdir"] == str(workdir.resolve())
     assert summary["data"].startswith("synthetic shapes, difficulty easy"), summary["data"]
+    assert (summary["iterations"], summary["holdout_seed"]) == (250, 1000)
     annotations = json.loads((workdir / "data" / "val" / "annotations.json").read_text())
     assert annotations["info"]["difficulty"] == "easy"
     assert summary["segm_AP"] > MIN_SEGM_AP, summary

@@ -104,4 +104,6 @@ def test_mrcnn_predict_applies_it(small_checkpoint, tmp_path):
     assert (tmp_path / "out.json").exists()
     off = _run(call, MRCNN_KEEP_FREED_MEMORY="0")  # the switch still turns it off, and Winograd with it
     assert off["result"] == [0, False] and off["kept"] is False
-    assert off["after"] > off["before"] / 2
+    # No page-fault bound here: with glibc's own defaults, after this call (two model loads and a prediction)
+    # the 64 MiB block was sometimes served without faults (1 run in 3 here), so it says nothing about the
+    # switch. test_the_predictor_leaves_malloc_as_it_was checks glibc's default behaviour where it is deterministic.

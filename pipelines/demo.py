@@ -34,6 +34,28 @@ DEMO_OVERRIDES = {"solver.warmup_iters": 30}
 _log = StageLog("demo")
 
 
+def budget_text(iters: int | None, minutes: float | None) -> str:
+    """``"250 steps"``, ``"8 min"`` or ``"250 steps or 8 min"`` for the log line."""
+    return " or ".join(([f"{iters} steps"] if iters else []) + ([f"{minutes:g} min"] if minutes else []))
+
+
+def prefixed(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The ``PREFIX_NAME`` entries of a training result's metrics as ``{NAME: value}``."""
+    return {k[len(prefix) + 1:]: v for k, v in metrics.items() if k.startswith(prefix + "_")}
+
+
+def write_overlays(predictor: Any, image_dir: Path, out_dir: Path, count: int = NUM_OVERLAYS) -> None:
+    """Overlays of the predictor's detections (with its skeletons, if any) on the first ``count`` PNGs."""
+    from mrcnn.data.images import load_image
+    from mrcnn.visualize import save_overlay
+
+    out_dir.mkdir(exist_ok=True)
+    for path in sorted(image_dir.glob("*.png"))[:count]:
+        image = load_image(path)
+        save_overlay(out_dir / path.name, image, predictor.predict([image])[0],
+                     skeletons=predictor.categories.skeletons)  # fmt: skip
+
+
 def make_holdout_split(root: Path, *, num_train: int, num_val: int, seed: int, holdout_seed: int,
                        make: Callable[..., Any]) -> None:  # fmt: skip
     """Write ``root/{train,val}`` with ``make(out_dir, num_train=, num_val=, seed=)`` (a synthetic-COCO writer),
@@ -72,10 +94,8 @@ def run_demo(
     if not iters and not minutes:
         raise ValueError("demo: give a step budget (iters) or a time budget (minutes)")
 
-    from mrcnn.data.images import load_image
     from mrcnn.data.synthetic import make_synthetic_coco
     from mrcnn.predictor import Predictor
-    from mrcnn.visualize import save_overlay
     from pipelines.common import ray_session, write_atomic
     from pipelines.preprocess import preprocess_dataset
     from pipelines.tracking import (
@@ -98,8 +118,7 @@ def run_demo(
         _log(f"2/6 Ray Data preprocessing -> {root / 'shards'}")
         preprocess_dataset(root / "data", root / "shards")
 
-        budget = " or ".join(([f"{iters} steps"] if iters else []) + ([f"{minutes:g} min"] if minutes else []))
-        _log(f"3/6 Ray Train: {preset}, {workers} CPU workers, {budget}")
+        _log(f"3/6 Ray Train: {preset}, {workers} CPU workers, {budget_text(iters, minutes)}")
         run = TrainRunConfig(
             data=str(root / "shards"),
             preset=preset,
@@ -118,21 +137,14 @@ def run_demo(
             seed=seed,
         )
         result = train(run)
-        segm = {k[len("segm_"):]: v for k, v in result.metrics.items() if k.startswith("segm_")}
-        bbox = {k[len("bbox_"):]: v for k, v in result.metrics.items() if k.startswith("bbox_")}
+        segm, bbox = prefixed(result.metrics, "segm"), prefixed(result.metrics, "bbox")
         _log(f"4/6 evaluated: segm AP {segm.get('AP', float('nan')):.1f}, bbox AP {bbox.get('AP', float('nan')):.1f}")
 
         model_uri = f"models:/{run.model_name}@best"
         _log(f"5/6 segmenting {NUM_OVERLAYS} validation images with {model_uri} -> {root / 'overlays'}")
         checkpoint = resolve_model_uri(model_uri, tracking_uri=tracking_uri, dst_dir=root / "models")
-        predictor = Predictor.from_checkpoint(checkpoint)
         overlay_dir = root / "overlays"
-        overlay_dir.mkdir(exist_ok=True)
-        paths = sorted((root / "data" / "val" / "images").glob("*.png"))[:NUM_OVERLAYS]
-        for path in paths:
-            image = load_image(path)
-            detections = predictor.predict([image])[0]
-            save_overlay(overlay_dir / path.name, image, detections)
+        write_overlays(Predictor.from_checkpoint(checkpoint), root / "data" / "val" / "images", overlay_dir)
 
     summary = {
         "data": f"synthetic shapes, difficulty {difficulty}, {num_train} train (seed {seed}) / {num_val} holdout "

@@ -91,10 +91,9 @@ def run_keypoint_demo(
     The summary's ``keypoints_AP`` (``_AP50``, ``_AP75``) is OKS keypoint AP in percent and ``bbox_AP`` box
     AP, both on the ``num_val`` holdout images drawn from seed ``holdout_seed``.
     """
-    from mrcnn.data.images import load_image
     from mrcnn.predictor import Predictor
-    from mrcnn.visualize import save_overlay
     from pipelines.common import ray_session, write_atomic
+    from pipelines.demo import budget_text, prefixed, write_overlays
     from pipelines.preprocess import preprocess_dataset
     from pipelines.tracking import (
         default_tracking_uri,
@@ -114,13 +113,11 @@ def run_keypoint_demo(
         _log(f"2/6 Ray Data preprocessing -> {root / SHARDS_DIR}")
         preprocess_dataset(root / DATA_DIR, root / SHARDS_DIR)
 
-        budget = " or ".join(([f"{iters} steps"] if iters else []) + ([f"{minutes:g} min"] if minutes else []))
-        _log(f"3/6 Ray Train: {PRESET}, {workers} CPU workers, {budget}")
+        _log(f"3/6 Ray Train: {PRESET}, {workers} CPU workers, {budget_text(iters, minutes)}")
         run = train_run_config(root, iters=iters, minutes=minutes, workers=workers, seed=seed,
                                tracking_uri=tracking_uri)  # fmt: skip
         result = train(run)
-        keypoints = {k[len("keypoints_"):]: v for k, v in result.metrics.items() if k.startswith("keypoints_")}
-        bbox = {k[len("bbox_"):]: v for k, v in result.metrics.items() if k.startswith("bbox_")}
+        keypoints, bbox = prefixed(result.metrics, "keypoints"), prefixed(result.metrics, "bbox")
         _log(f"4/6 evaluated on the holdout: keypoint AP {keypoints.get('AP', float('nan')):.1f}, "
              f"bbox AP {bbox.get('AP', float('nan')):.1f}")  # fmt: skip
 
@@ -128,12 +125,8 @@ def run_keypoint_demo(
         overlay_dir = root / OVERLAYS_DIR
         _log(f"5/6 keypoints of {NUM_OVERLAYS} holdout images with {model_uri} -> {overlay_dir}")
         checkpoint = resolve_model_uri(model_uri, tracking_uri=tracking_uri, dst_dir=root / "models" / MODEL_NAME)
-        predictor = Predictor.from_checkpoint(checkpoint)
-        overlay_dir.mkdir(exist_ok=True)
-        for path in sorted((root / DATA_DIR / "val" / "images").glob("*.png"))[:NUM_OVERLAYS]:
-            image = load_image(path)
-            save_overlay(overlay_dir / path.name, image, predictor.predict([image])[0],
-                         skeletons=predictor.categories.skeletons)  # fmt: skip
+        write_overlays(Predictor.from_checkpoint(checkpoint), root / DATA_DIR / "val" / "images", overlay_dir,
+                       NUM_OVERLAYS)  # fmt: skip
 
     summary = {
         "data": f"synthetic houses (5 keypoints), {IMAGE_SIZE} px, {num_train} train (seed {seeds['train_seed']}) / "

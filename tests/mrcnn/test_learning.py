@@ -13,8 +13,9 @@ from mrcnn.engine import evaluate_model, fit
 from mrcnn.modeling import build_model
 from mrcnn.solver import build_optimizer
 
-NUM_IMAGES = 6
-ITERATIONS = 120
+# 4 images, 60 steps: segm AP 62.8 / bbox AP 82.8 after (0.0 before), ~100 s on the 2-core machine.
+NUM_IMAGES = 4
+ITERATIONS = 60
 
 
 @pytest.mark.slow
@@ -26,7 +27,7 @@ def test_small_preset_overfits_a_few_synthetic_images(tmp_path):
     dataset = CocoInstanceDataset.from_files(train["annotations"], train["image_dir"])
     torch.manual_seed(0)
     cfg = get_preset("r18_fpn_small")
-    solver = dataclasses.replace(cfg.solver, batch_size=NUM_IMAGES, warmup_iters=20, steps=(0.85,))
+    solver = dataclasses.replace(cfg.solver, batch_size=NUM_IMAGES, warmup_iters=15, steps=(0.85,))
     model = build_model(cfg).to(memory_format=torch.channels_last)
     loader = torch.utils.data.DataLoader(dataset, batch_size=NUM_IMAGES, shuffle=True, collate_fn=collate_detection)
     eval_loader = torch.utils.data.DataLoader(dataset, batch_size=NUM_IMAGES, collate_fn=collate_detection)

@@ -374,3 +374,25 @@ def test_config_round_trips_and_rejects_bad_values():
             AugmentationConfig.from_dict(data)
     with pytest.raises(ValueError, match="float image"):
         build_train_augmentation({"kind": "flip"})(torch.zeros(3, 4, 4, dtype=torch.uint8), make_target(4, 4, []))
+
+
+def test_mask_areas_equal_the_plain_pixel_count():
+    """The word-at-a-time count equals ``sum`` for every layout: widths not a multiple of 8, bool, views that
+    cannot be read as int64 words, masks of all ones (the largest lane sums), no masks."""
+    from mrcnn.data.augment import mask_areas
+
+    generator = torch.Generator().manual_seed(0)
+    cases = [torch.rand(n, h, w, generator=generator) > p for n, h, w, p in
+             [(3, 1024, 1024, 0.5), (5, 800, 1066, 0.7), (2, 427, 641, 0.3), (4, 7, 9, 0.5), (1, 1, 8, 0.5)]]  # fmt: skip
+    cases += [torch.ones(2, 512, 512, dtype=torch.bool), torch.zeros(0, 16, 16, dtype=torch.bool)]
+    for masks in cases:
+        expected = masks.flatten(1).sum(dim=1, dtype=torch.int64)
+        for layout in (masks, masks.to(torch.uint8), masks.to(torch.uint8)[:, :, 1:], masks.to(torch.uint8).flip(2)):
+            if layout.shape[-1] == 0:
+                continue
+            areas = mask_areas(layout)
+            assert areas.dtype == torch.int32
+            assert torch.equal(areas.long(), layout.flatten(1).sum(dim=1, dtype=torch.int64)), tuple(layout.shape)
+        assert torch.equal(mask_areas(masks).long(), expected)
+    offset = torch.ones(1, 4 * 64 + 1, dtype=torch.uint8)[:, 1:].view(1, 4, 64)  # storage offset 1: not word-aligned
+    assert mask_areas(offset).tolist() == [256]

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_input_pipeline.py [--repeat 4] [--passes 5] [--batch 8] [--threads 0 1 2]
                                               [--step-ms 133] [--busy 0.3]
-                                              [--augmentation none|flip|multiscale|lsj] [--ray]
+                                              [--augmentation none|flip|multiscale|lsj] [--ray] [--dtypes]
 
 The data are COCO-size JPEGs with their official masks (tests/data/coco_mini, 6 val2017 images, 2 to 23
 instances each), repeated ``--repeat`` times, as shard rows: encoded JPEG bytes and compressed RLE masks,
@@ -13,7 +13,8 @@ in ``loader_threads`` background threads (``mrcnn.data.prefetch.Prefetcher``) or
 
 ``--ray`` adds the alternative: Ray Data's ``iter_torch_batches(collate_fn=..., prefetch_batches=N)`` over the
 same rows (``ray.data.from_items``), whose collate runs in a pool of ``prefetch_batches`` threads (rows
-``ray N``); the loop's wait is timed around ``next()``.
+``ray N``); the loop's wait is timed around ``next()``. ``--dtypes`` adds a third table: the collate's cost per
+image with the augmentation moving uint8 pixels (what ``mrcnn train`` does) against float32 pixels.
 
 Two tables:
 
@@ -95,6 +96,38 @@ def make_collate(augmentation: str, seed: int = 0):
     from pipelines.train.data import TrainCollate
 
     return TrainCollate({"kind": augmentation}, seed=seed)
+
+
+def float_collate(augmentation: str, seed: int = 0):
+    """The same collate with the augmentation moving float32 pixels (decode to float in 0..1 first), as it did
+    before ``mrcnn train`` moved uint8 pixels: the baseline of ``--dtypes``."""
+    from mrcnn.data.augment import build_train_augmentation
+    from pipelines.shards import collate_shard_batch
+    from pipelines.train.data import batch_generator
+
+    augment = build_train_augmentation({"kind": augmentation})
+
+    def collate(batch, *, epoch: int, index: int):
+        images, targets = collate_shard_batch(batch)
+        generator = batch_generator(seed, 0, epoch, index)
+        pairs = [augment(image, target, generator=generator) for image, target in zip(images, targets)]
+        return [image for image, _ in pairs], [target for _, target in pairs]
+
+    return collate
+
+
+def compare_dtypes(rows: list[dict], batch_size: int, augmentation: str, rounds: int = 3) -> dict[str, float]:
+    """Milliseconds per image of the collate with uint8 and with float32 pixels, in the loop's thread,
+    interleaved round by round (the best round of each), so both see the same machine."""
+    collates = {"uint8 (mrcnn train)": make_collate(augmentation), "float32": float_collate(augmentation)}
+    best = dict.fromkeys(collates, float("inf"))
+    for _ in range(rounds):
+        for name, collate in collates.items():
+            start = time.perf_counter()
+            for index, batch in enumerate(batches(rows, batch_size)):
+                collate(batch, epoch=0, index=index)
+            best[name] = min(best[name], 1000 * (time.perf_counter() - start) / len(rows))
+    return best
 
 
 def make_step(step_s: float, busy: float):
@@ -180,6 +213,7 @@ def main() -> None:
     parser.add_argument("--augmentation", default="none", choices=["none", "flip", "multiscale", "lsj"])
     parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (resize, masks)")
     parser.add_argument("--ray", action="store_true", help="also Ray Data's iter_torch_batches(prefetch_batches=N)")
+    parser.add_argument("--dtypes", action="store_true", help="also the augmentation on uint8 vs float32 pixels")
     args = parser.parse_args()
 
     import torch
@@ -219,7 +253,14 @@ def main() -> None:
         later = max(r["steps"] - 1, 1)
         print(f"| {threads} | {1000 * r['first_wait_s']:.0f} | {r['steps']} | {1000 * r['wait_s'] / later:.1f} | "
               f"{1000 * r['max_wait_s']:.1f} | {100 * r['wait_fraction']:.1f}% | {r['images'] / r['seconds']:.1f} |")  # fmt: skip
-    print(json.dumps({"throughput": throughput, "wait_fraction": {str(t): r["wait_fraction"] for t, r in waits},
+    dtypes = compare_dtypes(rows, args.batch, args.augmentation) if args.dtypes and args.augmentation != "none" else {}
+    if dtypes:
+        print(f"\nThe collate in the loop's thread, ms per image (best of 3 interleaved rounds):\n")
+        print("| pixels the augmentation moves | ms per image | speed-up |")
+        print("|---|---:|---:|")
+        for name, ms in dtypes.items():
+            print(f"| {name} | {ms:.1f} | {dtypes['float32'] / ms:.2f}x |")
+    print(json.dumps({"throughput": throughput, "dtypes_ms_per_image": dtypes, "wait_fraction": {str(t): r["wait_fraction"] for t, r in waits},
                       "first_wait_s": {str(t): r["first_wait_s"] for t, r in waits},
                       "steps": {str(t): r["steps"] for t, r in waits}}))  # fmt: skip
 

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import torch
 from torch import Tensor
 
 from mrcnn.data.categories import CategoryMap
@@ -147,7 +148,11 @@ def _as_list(values: Any) -> list:
 
 
 def collate_shard_batch(
-    batch: Mapping[str, Any], *, include_crowd: bool = False, num_keypoints: int | None = None
+    batch: Mapping[str, Any],
+    *,
+    include_crowd: bool = False,
+    num_keypoints: int | None = None,
+    image_dtype: torch.dtype = torch.float32,
 ) -> tuple[list[Tensor], list[dict]]:
     """Decode a batch of shard rows into model inputs.
 
@@ -163,9 +168,11 @@ def collate_shard_batch(
             column, every target gets ``keypoints`` [M, K, 3]; None: K from each row's longest list (a row
             whose instances have none gets no ``keypoints``). Without the column (shards written before it
             existed): no keypoints.
+        image_dtype (torch.dtype): ``torch.float32`` (default): images in [0, 1]; ``torch.uint8``: the decoded
+            pixels in 0..255 (what the training augmentations move, converting to float after).
 
     Returns:
-        tuple[list[Tensor], list[dict]]: B images ``Tensor[3, H_i, W_i]`` float32 in [0, 1], RGB,
+        tuple[list[Tensor], list[dict]]: B images ``Tensor[3, H_i, W_i]`` float32 in [0, 1] (or uint8), RGB,
         and B target dicts as built by :func:`mrcnn.data.dataset.build_target_from_columns`
         (``boxes`` float32 [M, 4] XYXY absolute pixels, ``labels`` int64, ``masks`` uint8
         [M, H_i, W_i], ``iscrowd``, ``area``, ``image_id``, ``keypoints`` [M, K, 3] when the shards have them).
@@ -191,7 +198,12 @@ def collate_shard_batch(
                 f"{source}: decoded size {pixels.shape[1]}x{pixels.shape[0]} differs from the shard row's "
                 f"{width}x{height}"
             )
-        images.append(image_to_tensor(pixels))
+        if image_dtype == torch.uint8:
+            images.append(torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1))
+        elif image_dtype == torch.float32:
+            images.append(image_to_tensor(pixels))
+        else:
+            raise ValueError(f"image_dtype: expected torch.float32 or torch.uint8, got {image_dtype}")
         boxes = [np.asarray(box, dtype=np.float32) for box in instance_columns["boxes"][row]]
         keep = _nondegenerate(boxes, source)
         instances = {name: [values[row][i] for i in keep] for name, values in instance_columns.items() if name != "boxes"}

@@ -9,7 +9,8 @@ given, so augmenting on a background thread leaves the global RNG, which the mod
 
 Per-image calls take and return ``(image, target)``:
 
-- ``image`` (Tensor[3, H, W] float): pixels in 0..1;
+- ``image`` (Tensor[3, H, W]): float pixels in 0..1, or uint8 pixels in 0..255 (4x less memory to move, and
+  torchvision's fast uint8 resize: what ``mrcnn train`` passes); returned in the dtype it came in;
 - ``target`` (dict): the target dict of :mod:`mrcnn.data.dataset`: ``boxes`` (Tensor[N, 4] float32, XYXY
   absolute pixels), ``masks`` (Tensor[N, H, W] uint8 0/1, optional), ``labels`` (Tensor[N] int64),
   ``iscrowd``, ``area`` (Tensor[N] float32), ``keypoints`` (Tensor[N, K, 3] float32, (x, y, v), optional);
@@ -142,8 +143,9 @@ def mask_areas(masks: Tensor) -> Tensor:
 
     The sum reads the masks 8 bytes at a time: as int64 words, summed over runs of at most 128 words, every
     byte lane of the partial sums stays <= 128, so no lane carries into the next, and the partial sums'
-    bytes are then summed. That is ~30x faster than ``sum(dtype=torch.int32)`` over uint8 on a CPU core
-    (1.4 vs 48 ms for 20 masks of 1024 x 1024), which made the area the slowest part of large-scale jitter.
+    bytes are then summed. That is 20-60x faster than ``sum(dtype=torch.int32)`` over uint8 on a CPU core
+    (0.7 vs 44 ms for 20 masks of 1024 x 1024: ``benchmarks/bench_mask_areas.py``), which made the area the
+    slowest part of large-scale jitter.
     Masks whose rows cannot be viewed as int64 words fall back to the plain sum.
     """
     N = masks.shape[0]
@@ -275,17 +277,21 @@ class _FixedSizeCrop:
             if (height, width) != (H, W):
                 value = F.crop(value, top, left, height, width)
             if padding != [0, 0, 0, 0]:
-                value = F.pad(value, padding, fill=self.fill if key == "image" else 0)
+                value = F.pad(value, padding, fill=self._fill(value) if key == "image" else 0)
             out[key] = value
         return out
+
+    def _fill(self, image: Tensor) -> list[float]:
+        """The padding colour in the image's scale: 0..1 for a float image, 0..255 (rounded) for uint8."""
+        return self.fill if image.is_floating_point() else [float(round(255 * v)) for v in self.fill]
 
     def __repr__(self) -> str:
         return f"FixedSizeCrop(size={self.size})"
 
 
 def check_target(image: Tensor, target: Mapping) -> None:
-    if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
-        raise ValueError(f"augment: expected a float image [3, H, W], got {image.dtype} {tuple(image.shape)}")
+    if image.ndim != 3 or image.shape[0] != 3 or not (image.is_floating_point() or image.dtype == torch.uint8):
+        raise ValueError(f"augment: expected a float or uint8 image [3, H, W], got {image.dtype} {tuple(image.shape)}")
     boxes = target.get("boxes")
     if not isinstance(boxes, Tensor) or boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"augment: target boxes must be a Tensor[N, 4], got {getattr(boxes, 'shape', boxes)}")
@@ -401,7 +407,8 @@ def build_train_augmentation(
             (:func:`mrcnn.data.keypoints.flip_indices` of the category's keypoint names); required when
             targets carry keypoints and the flip may run.
         pad_fill (Sequence[float]): RGB value (0..1) of LSJ's padding; give the model's
-            ``InputConfig.pixel_mean`` so the padding normalises to 0.
+            ``InputConfig.pixel_mean`` so the padding normalises to 0 (a uint8 image pads with the nearest
+            of its 256 levels).
 
     Returns:
         TrainAugmentation: ``(image, target) -> (image, target)``; the identity for kind ``none``.

@@ -58,18 +58,22 @@ class TrainCollate:
         self.seed, self.rank = seed, rank
 
     def __call__(self, batch: Mapping[str, Any], *, epoch: int, index: int) -> tuple[list, list[dict]]:
+        import torch
+
         from mrcnn.data.copy_paste import copy_paste
         from pipelines.shards import collate_shard_batch
 
-        images, targets = collate_shard_batch(batch, num_keypoints=self.num_keypoints)
         if self.config.kind == "none":
-            return images, targets
+            return collate_shard_batch(batch, num_keypoints=self.num_keypoints)
+        # The augmentations move uint8 pixels (a quarter of float32's bytes; torchvision's fast uint8 resize)
+        # and the batch becomes float in 0..1 at the end, as collate_shard_batch gives it without them.
+        images, targets = collate_shard_batch(batch, num_keypoints=self.num_keypoints, image_dtype=torch.uint8)
         generator = batch_generator(self.seed, self.rank, epoch, index)
         pairs = [self.augment(image, target, generator=generator) for image, target in zip(images, targets)]
         images, targets = [image for image, _ in pairs], [target for _, target in pairs]
         if self.config.copy_paste > 0:
             images, targets = copy_paste(images, targets, probability=self.config.copy_paste, generator=generator)
-        return images, targets
+        return [image.float().div_(255.0) for image in images], targets
 
 
 class ShardEpochs:

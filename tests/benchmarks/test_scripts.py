@@ -146,12 +146,18 @@ def test_reference_torchvision_trains_and_evaluates(tmp_path):
 
 def test_bench_input_pipeline_reports_throughput_and_wait_fraction():
     output = _run("bench_input_pipeline.py", "--repeat", "1", "--passes", "2", "--batch", "2", "--threads", "0", "2",
-                  "--step-ms", "5", "--busy", "0.5", "--augmentation", "flip")  # fmt: skip
+                  "--step-ms", "5", "--busy", "0.5", "--augmentation", "flip", "--dtypes")  # fmt: skip
     result = json.loads(output.strip().splitlines()[-1])
     assert [row[0] for row in result["throughput"]] == [0, 2]
     assert set(result["wait_fraction"]) == {"0", "2"} and all(0 <= f <= 1 for f in result["wait_fraction"].values())
     assert all(seconds > 0 for seconds in result["first_wait_s"].values())
     assert result["steps"] == {"0": 6, "2": 6}  # 2 passes of 3 batches each
+    assert set(result["dtypes_ms_per_image"]) == {"uint8 (mrcnn train)", "float32"}
+
+
+def test_bench_mask_areas_compares_both_counts():
+    rows = _table_rows(_run("bench_mask_areas.py", "--repeats", "1", "--scale", "0.1"))
+    assert len(rows) == 5 and all(row[-1] == "True" for row in rows[1:])
 
 
 def test_keypoint_recipe_scores_the_holdout_at_each_step_asked(tmp_path):

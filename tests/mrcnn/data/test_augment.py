@@ -372,8 +372,8 @@ def test_config_round_trips_and_rejects_bad_values():
     for data, message in bad:
         with pytest.raises(ConfigError, match=message):
             AugmentationConfig.from_dict(data)
-    with pytest.raises(ValueError, match="float image"):
-        build_train_augmentation({"kind": "flip"})(torch.zeros(3, 4, 4, dtype=torch.uint8), make_target(4, 4, []))
+    with pytest.raises(ValueError, match="float or uint8 image"):
+        build_train_augmentation({"kind": "flip"})(torch.zeros(3, 4, 4, dtype=torch.int64), make_target(4, 4, []))
 
 
 def test_mask_areas_equal_the_plain_pixel_count():
@@ -396,3 +396,22 @@ def test_mask_areas_equal_the_plain_pixel_count():
         assert torch.equal(mask_areas(masks).long(), expected)
     offset = torch.ones(1, 4 * 64 + 1, dtype=torch.uint8)[:, 1:].view(1, 4, 64)  # storage offset 1: not word-aligned
     assert mask_areas(offset).tolist() == [256]
+
+
+@pytest.mark.parametrize("kind", ["flip", "multiscale", "lsj"])
+def test_a_uint8_image_moves_as_its_float_copy_does(kind):
+    """``mrcnn train`` augments uint8 pixels: the same draws give the same geometry (masks, boxes, keypoints
+    bit for bit) and pixels within uint8's rounding of the float path's, LSJ's padding included."""
+    H, W = 60, 90
+    generator = torch.Generator().manual_seed(3)
+    pixels = torch.randint(0, 256, (3, H, W), dtype=torch.uint8, generator=generator)
+    target = make_target(H, W, [(5, 5, 40, 30), (50, 20, 85, 55)], keypoints=[[(10.5, 10.5, 2)], [(60.5, 30.5, 1)]])
+    spec = {"kind": kind, "min_sizes": [64, 96], "max_size": 200, "lsj_size": 80, "lsj_scale": [0.5, 1.5], "hflip": 0.5}
+    augment = build_train_augmentation(spec, flip_indices=[0], pad_fill=(0.485, 0.456, 0.406))
+    for seed in range(6):
+        image_u8, out_u8 = augment(pixels, target, generator=seeded(seed))
+        image_f, out_f = augment(pixels.float() / 255, target, generator=seeded(seed))
+        assert image_u8.dtype == torch.uint8 and image_u8.shape == image_f.shape
+        assert (image_u8.float() / 255 - image_f).abs().max() <= 1 / 255 + 1e-6, (kind, seed)
+        for key in ("masks", "boxes", "keypoints", "area", "labels"):
+            assert torch.equal(out_u8[key], out_f[key]), (kind, seed, key)

@@ -13,6 +13,7 @@ import functools
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,92 @@ def make_holdout_split(root: Path, *, num_train: int, num_val: int, seed: int, h
     shutil.rmtree(staging)
 
 
+@dataclass(frozen=True)
+class DemoTask:
+    """What one demo trains and reports; :func:`run_stages` runs the same six stages for every task.
+
+    Attributes:
+        data: the data in words, for the log and the summary (e.g. ``"synthetic shapes, difficulty easy"``).
+        make: a synthetic-COCO writer ``make(out_dir, num_train=, num_val=, seed=)`` (:func:`make_holdout_split`).
+        metric: the summary's main AP: the metric prefix of the training result (``segm`` or ``keypoints``).
+        data_dir, shards_dir, overlays_dir, models_dir, summary_file: under the working folder.
+    """
+
+    data: str
+    make: Callable[..., Any]
+    metric: str
+    data_dir: str = "data"
+    shards_dir: str = "shards"
+    overlays_dir: str = "overlays"
+    models_dir: str = "models"
+    summary_file: str = "summary.json"
+
+
+def run_stages(task: DemoTask, root: Path, run_config: Callable[[str], Any], *, num_train: int, num_val: int, seed: int,
+               budget: str, ray_address: str | None) -> dict[str, Any]:  # fmt: skip
+    """The six stages of a demo under ``root`` (a resolved folder): data with an unseen-seed holdout,
+    preprocessing, training (``run_config(tracking_uri)`` gives its :class:`pipelines.train.TrainRunConfig`),
+    overlays from the registered ``best`` model, and the summary, written to ``root/task.summary_file``."""
+    from mrcnn.predictor import Predictor
+    from pipelines.common import ray_session, write_atomic
+    from pipelines.preprocess import preprocess_dataset
+    from pipelines.tracking import (
+        default_tracking_uri,
+        describe_model,
+        resolve_model_uri,
+    )
+    from pipelines.train import train
+
+    root.mkdir(parents=True, exist_ok=True)
+    tracking_uri = default_tracking_uri(root)
+    holdout_seed = seed + HOLDOUT_SEED_OFFSET
+    data_dir, overlay_dir = root / task.data_dir, root / task.overlays_dir
+    label = "keypoint" if task.metric == "keypoints" else task.metric
+    with ray_session(ray_address):
+        _log(f"1/6 {task.data} ({num_train} train from seed {seed}, {num_val} holdout from seed {holdout_seed}) "
+             f"-> {data_dir}")  # fmt: skip
+        make_holdout_split(data_dir, num_train=num_train, num_val=num_val, seed=seed, holdout_seed=holdout_seed,
+                           make=task.make)  # fmt: skip
+
+        _log(f"2/6 Ray Data preprocessing -> {root / task.shards_dir}")
+        preprocess_dataset(data_dir, root / task.shards_dir)
+
+        run = run_config(tracking_uri)
+        _log(f"3/6 Ray Train: {run.preset}, {run.workers} CPU workers, {budget}")
+        result = train(run)
+        main, bbox = prefixed(result.metrics, task.metric), prefixed(result.metrics, "bbox")
+        _log(f"4/6 evaluated on the holdout: {label} AP {main.get('AP', float('nan')):.1f}, "
+             f"bbox AP {bbox.get('AP', float('nan')):.1f}")  # fmt: skip
+
+        model_uri = f"models:/{run.model_name}@best"
+        _log(f"5/6 overlays of {min(NUM_OVERLAYS, num_val)} holdout images with {model_uri} -> {overlay_dir}")
+        checkpoint = resolve_model_uri(model_uri, tracking_uri=tracking_uri, dst_dir=root / task.models_dir)
+        write_overlays(Predictor.from_checkpoint(checkpoint), data_dir / "val" / "images", overlay_dir)
+
+    summary = {
+        "data": f"{task.data}, {num_train} train (seed {seed}) / {num_val} holdout (seed {holdout_seed})",
+        "holdout_seed": holdout_seed,
+        **{f"{task.metric}_{stat}": round(main.get(stat, -1.0), 2) for stat in ("AP", "AP50", "AP75")},
+        "bbox_AP": round(bbox.get("AP", -1.0), 2),
+        "preset": run.preset,
+        "iterations": result.iteration,
+        "images_seen": int(result.metrics.get("images_seen", 0)),
+        "model_uri": model_uri,
+        "model_version": describe_model(model_uri, tracking_uri=tracking_uri).get("version"),
+        "checkpoint": str(checkpoint),
+        "mlflow_run_id": result.mlflow_run_id,
+        "tracking_uri": tracking_uri,
+        "overlays": str(overlay_dir),
+        "workdir": str(root),
+    }
+    write_atomic(root / task.summary_file, json.dumps(summary, indent=1))
+    _log(
+        f"6/6 done. {label} AP {summary[task.metric + '_AP']}, bbox AP {summary['bbox_AP']} (holdout). MLflow store: "
+        f"{tracking_uri}\n       browse it with: mlflow ui --backend-store-uri {tracking_uri}"
+    )
+    return summary
+
+
 def run_demo(
     *,
     workdir: str = "mrcnn-demo",
@@ -89,38 +176,21 @@ def run_demo(
     ``iters`` training steps, or ``minutes`` of training, whichever ends first (None: no such limit; at
     least one must be given). ``difficulty`` is the synthetic set's (a key of
     :data:`mrcnn.data.synthetic.DIFFICULTIES`); the summary records it as ``data``. The val split, on which
-    the summary's AP is measured, is drawn from seed ``seed + HOLDOUT_SEED_OFFSET``.
+    the summary's AP (``segm_AP``, ``_AP50``, ``_AP75``, ``bbox_AP``) is measured, is drawn from seed
+    ``seed + HOLDOUT_SEED_OFFSET``.
     """
     if not iters and not minutes:
         raise ValueError("demo: give a step budget (iters) or a time budget (minutes)")
-
     from mrcnn.data.synthetic import make_synthetic_coco
-    from mrcnn.predictor import Predictor
-    from pipelines.common import ray_session, write_atomic
-    from pipelines.preprocess import preprocess_dataset
-    from pipelines.tracking import (
-        default_tracking_uri,
-        describe_model,
-        resolve_model_uri,
-    )
-    from pipelines.train import TrainRunConfig, train
+    from pipelines.train import TrainRunConfig
 
     root = Path(workdir).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    tracking_uri = default_tracking_uri(root)
-    with ray_session(ray_address):
-        holdout_seed = seed + HOLDOUT_SEED_OFFSET
-        _log(f"1/6 synthetic dataset, difficulty {difficulty} ({num_train} train from seed {seed}, {num_val} holdout "
-             f"from seed {holdout_seed}) -> {root / 'data'}")  # fmt: skip
-        make_holdout_split(root / "data", num_train=num_train, num_val=num_val, seed=seed, holdout_seed=holdout_seed,
-                           make=functools.partial(make_synthetic_coco, difficulty=difficulty))  # fmt: skip
+    task = DemoTask(data=f"synthetic shapes, difficulty {difficulty}", metric="segm",
+                    make=functools.partial(make_synthetic_coco, difficulty=difficulty))  # fmt: skip
 
-        _log(f"2/6 Ray Data preprocessing -> {root / 'shards'}")
-        preprocess_dataset(root / "data", root / "shards")
-
-        _log(f"3/6 Ray Train: {preset}, {workers} CPU workers, {budget_text(iters, minutes)}")
-        run = TrainRunConfig(
-            data=str(root / "shards"),
+    def run_config(tracking_uri: str) -> TrainRunConfig:
+        return TrainRunConfig(
+            data=str(root / task.shards_dir),
             preset=preset,
             workers=workers,
             batch_size=4,
@@ -136,37 +206,6 @@ def run_demo(
             model_name="mrcnn-demo",
             seed=seed,
         )
-        result = train(run)
-        segm, bbox = prefixed(result.metrics, "segm"), prefixed(result.metrics, "bbox")
-        _log(f"4/6 evaluated: segm AP {segm.get('AP', float('nan')):.1f}, bbox AP {bbox.get('AP', float('nan')):.1f}")
 
-        model_uri = f"models:/{run.model_name}@best"
-        _log(f"5/6 segmenting {NUM_OVERLAYS} validation images with {model_uri} -> {root / 'overlays'}")
-        checkpoint = resolve_model_uri(model_uri, tracking_uri=tracking_uri, dst_dir=root / "models")
-        overlay_dir = root / "overlays"
-        write_overlays(Predictor.from_checkpoint(checkpoint), root / "data" / "val" / "images", overlay_dir)
-
-    summary = {
-        "data": f"synthetic shapes, difficulty {difficulty}, {num_train} train (seed {seed}) / {num_val} holdout "
-                f"(seed {holdout_seed})",
-        "holdout_seed": holdout_seed,
-        "segm_AP": round(segm.get("AP", -1.0), 2),
-        "bbox_AP": round(bbox.get("AP", -1.0), 2),
-        "segm_AP50": round(segm.get("AP50", -1.0), 2),
-        "segm_AP75": round(segm.get("AP75", -1.0), 2),
-        "iterations": result.iteration,
-        "images_seen": int(result.metrics.get("images_seen", 0)),
-        "model_uri": model_uri,
-        "model_version": describe_model(model_uri, tracking_uri=tracking_uri).get("version"),
-        "checkpoint": str(checkpoint),
-        "mlflow_run_id": result.mlflow_run_id,
-        "tracking_uri": tracking_uri,
-        "overlays": str(overlay_dir),
-        "workdir": str(root),
-    }
-    write_atomic(root / "summary.json", json.dumps(summary, indent=1))
-    _log(
-        f"6/6 done. segm AP {summary['segm_AP']}, bbox AP {summary['bbox_AP']}. MLflow store: {tracking_uri}\n"
-        f"       browse it with: mlflow ui --backend-store-uri {tracking_uri}"
-    )
-    return summary
+    return run_stages(task, root, run_config, num_train=num_train, num_val=num_val, seed=seed,
+                      budget=budget_text(iters, minutes), ray_address=ray_address)  # fmt: skip

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,7 @@ MAX_SIZE_FRACTION = 0.60
 MIN_VISIBLE_PIXELS = 20  # drop a shape whose visible part is smaller than this...
 MIN_VISIBLE_FRACTION = 0.25  # ...or than this fraction of its unoccluded area
 MIN_COLOUR_DISTANCE = 110.0  # RGB euclidean distance of a shape colour from the background colours
-_SPLITS = ("train", "val")
+LICENSE = {"id": 1, "name": "CC0 1.0 (generated data)", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}
 
 
 @dataclass(frozen=True)
@@ -290,58 +291,73 @@ def make_synthetic_coco(
     root = Path(out_dir)
     categories = synthetic_categories()
     coco_categories = [{"id": c.id, "name": c.name, "supercategory": c.supercategory} for c in categories.categories]
-    summary: dict = {"root": root, "categories": coco_categories}
-    for split_index, (split, num_images) in enumerate(zip(_SPLITS, (num_train, num_val))):
+
+    def render(split_index: int, index: int) -> tuple[np.ndarray, list[tuple[np.ndarray, dict]]]:
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(split_index, index)))
+        image, instances = render_synthetic_image(
+            rng, size=size, min_shapes=min_shapes, max_shapes=max_shapes, difficulty=difficulty
+        )
+        return image, [(mask, {"category_id": class_index + 1}) for class_index, mask in instances]
+
+    def info(split: str) -> dict:
+        return {"description": "mrcnn synthetic shapes", "version": "1", "contributor": "mrcnn.data.synthetic", "seed": seed,
+                "split": split, "size": size, **({"difficulty": difficulty} if difficulty != "default" else {})}  # fmt: skip
+    return write_coco_splits(root, {"train": num_train, "val": num_val}, render, info=info, categories=coco_categories)
+
+
+def write_coco_splits(
+    root: Path,
+    splits: dict[str, int],
+    render: Callable[[int, int], tuple[np.ndarray, list[tuple[np.ndarray, dict]]]],
+    *,
+    info: Callable[[str], dict],
+    categories: list[dict],
+) -> dict:
+    """Render and write synthetic COCO splits: ``root/SPLIT/images/NNNNNN.png`` and ``root/SPLIT/annotations.json``.
+
+    Args:
+        root (Path): the dataset folder.
+        splits (dict[str, int]): images per split, in order (the split's position is ``render``'s first
+            argument).
+        render: ``render(split_index, index) -> (image, instances)``: image ``np.ndarray[S, S, 3]`` uint8 RGB,
+            instances a list of ``(mask np.ndarray[S, S] 0/1, fields)``, fields holding ``category_id`` and any
+            further annotation fields (e.g. ``keypoints``, ``num_keypoints``).
+        info: ``info(split) -> dict``, the json's ``info`` of a split.
+        categories (list[dict]): the json's ``categories``.
+
+    Returns:
+        dict: ``{"root", "categories", SPLIT: {"annotations": Path, "image_dir": Path, "num_images",
+        "num_annotations"}}``. Annotations get ``segmentation`` (compressed RLE, str counts), ``area`` (the
+        mask's pixel count), ``bbox`` (XYWH of the mask) and ``iscrowd`` 0; ids start at 1 in each split.
+    """
+    summary: dict = {"root": root, "categories": categories}
+    for split_index, (split, num_images) in enumerate(splits.items()):
         image_dir = root / split / "images"
         image_dir.mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         for index in range(num_images):
-            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(split_index, index)))
-            image, instances = render_synthetic_image(
-                rng, size=size, min_shapes=min_shapes, max_shapes=max_shapes, difficulty=difficulty
-            )
+            image, instances = render(split_index, index)
             image_id = index + 1
             file_name = f"{image_id:06d}.png"
             Image.fromarray(image).save(image_dir / file_name, format="PNG")
-            images.append({"id": image_id, "file_name": file_name, "height": size, "width": size, "license": 1})
+            height, width = image.shape[:2]
+            images.append({"id": image_id, "file_name": file_name, "height": height, "width": width, "license": 1})
             if not instances:
                 continue
-            masks = np.stack([mask for _, mask in instances])  # [N, S, S]
-            rles = masks_to_rles(masks)
+            rles = masks_to_rles(np.stack([mask for mask, _ in instances]))  # [N, S, S]
             boxes_xywh = coco_mask.toBbox([{"size": r["size"], "counts": r["counts"].encode()} for r in rles])
-            for (class_index, mask), rle, box in zip(instances, rles, boxes_xywh):
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "category_id": class_index + 1,
-                        "segmentation": rle,
-                        "area": float(mask.sum()),
-                        "bbox": [float(v) for v in box],
-                        "iscrowd": 0,
-                    }
-                )
+            for (mask, fields), rle, box in zip(instances, rles, boxes_xywh):
+                extra = {key: value for key, value in fields.items() if key != "category_id"}
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": fields["category_id"],
+                                    "segmentation": rle, "area": float(mask.sum()), "bbox": [float(v) for v in box],
+                                    "iscrowd": 0, **extra})  # fmt: skip
         coco = {
-            "info": {
-                "description": "mrcnn synthetic shapes",
-                "version": "1",
-                "contributor": "mrcnn.data.synthetic",
-                "seed": seed,
-                "split": split,
-                "size": size,
-                **({"difficulty": difficulty} if difficulty != "default" else {}),
-            },
-            "licenses": [
-                {
-                    "id": 1,
-                    "name": "CC0 1.0 (generated data)",
-                    "url": "https://creativecommons.org/publicdomain/zero/1.0/",
-                }
-            ],
+            "info": info(split),
+            "licenses": [LICENSE],
             "images": images,
             "annotations": annotations,
-            "categories": coco_categories,
-        }
+            "categories": categories,
+        }  # fmt: skip
         annotation_path = root / split / "annotations.json"
         annotation_path.write_text(json.dumps(coco, separators=(",", ":")) + "\n")
         summary[split] = {

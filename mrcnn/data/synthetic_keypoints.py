@@ -21,18 +21,15 @@ Output is deterministic for a seed, with one random stream per image, as the sha
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pycocotools import mask as coco_mask
 
 from mrcnn.data.categories import Category, CategoryMap
-from mrcnn.data.masks import masks_to_rles
-from mrcnn.data.synthetic import _background, _shape_colour
+from mrcnn.data.synthetic import _background, _shape_colour, write_coco_splits
 
 __all__ = [
     "HOUSE_KEYPOINTS",
@@ -50,7 +47,6 @@ MAX_SIZE_FRACTION = 0.55
 MAX_ROTATION_DEG = 30.0
 MIN_VISIBLE_PIXELS = 40
 MIN_VISIBLE_FRACTION = 0.35
-_SPLITS = ("train", "val")
 
 
 def synthetic_keypoint_categories() -> CategoryMap:
@@ -180,58 +176,18 @@ def make_synthetic_keypoints_coco(
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     root = Path(out_dir)
     coco_categories = [c.to_dict() for c in synthetic_keypoint_categories().categories]
-    summary: dict = {"root": root, "categories": coco_categories}
-    for split_index, (split, num_images) in enumerate(zip(_SPLITS, (num_train, num_val))):
-        image_dir = root / split / "images"
-        image_dir.mkdir(parents=True, exist_ok=True)
-        images, annotations = [], []
-        for index in range(num_images):
-            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(split_index, index, 7)))
-            image, instances = render_keypoint_image(rng, size=size, min_houses=min_houses, max_houses=max_houses)
-            image_id = index + 1
-            file_name = f"{image_id:06d}.png"
-            Image.fromarray(image).save(image_dir / file_name, format="PNG")
-            images.append({"id": image_id, "file_name": file_name, "height": size, "width": size, "license": 1})
-            masks = np.stack([mask for mask, _ in instances])  # [N, S, S]
-            rles = masks_to_rles(masks)
-            boxes_xywh = coco_mask.toBbox([{"size": r["size"], "counts": r["counts"].encode()} for r in rles])
-            for (mask, keypoints), rle, box in zip(instances, rles, boxes_xywh):
-                flat = [round(float(value), 2) for value in keypoints.reshape(-1)]
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "category_id": 1,
-                        "segmentation": rle,
-                        "area": float(mask.sum()),
-                        "bbox": [float(v) for v in box],
-                        "iscrowd": 0,
-                        "keypoints": [int(v) if i % 3 == 2 else v for i, v in enumerate(flat)],
-                        "num_keypoints": int((keypoints[:, 2] > 0).sum()),
-                    }
-                )
-        coco = {
-            "info": {
-                "description": "mrcnn synthetic house keypoints",
-                "version": "1",
-                "contributor": "mrcnn.data.synthetic_keypoints",
-                "seed": seed,
-                "split": split,
-                "size": size,
-            },
-            "licenses": [
-                {"id": 1, "name": "CC0 1.0 (generated data)", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}
-            ],
-            "images": images,
-            "annotations": annotations,
-            "categories": coco_categories,
-        }
-        annotation_path = root / split / "annotations.json"
-        annotation_path.write_text(json.dumps(coco, separators=(",", ":")) + "\n")
-        summary[split] = {
-            "annotations": annotation_path,
-            "image_dir": image_dir,
-            "num_images": num_images,
-            "num_annotations": len(annotations),
-        }
-    return summary
+
+    def render(split_index: int, index: int) -> tuple[np.ndarray, list[tuple[np.ndarray, dict]]]:
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(split_index, index, 7)))
+        image, instances = render_keypoint_image(rng, size=size, min_houses=min_houses, max_houses=max_houses)
+        annotated = []
+        for mask, keypoints in instances:
+            flat = [round(float(value), 2) for value in keypoints.reshape(-1)]
+            annotated.append((mask, {"category_id": 1, "keypoints": [int(v) if i % 3 == 2 else v for i, v in enumerate(flat)],
+                                     "num_keypoints": int((keypoints[:, 2] > 0).sum())}))  # fmt: skip
+        return image, annotated
+
+    def info(split: str) -> dict:
+        return {"description": "mrcnn synthetic house keypoints", "version": "1",
+                "contributor": "mrcnn.data.synthetic_keypoints", "seed": seed, "split": split, "size": size}  # fmt: skip
+    return write_coco_splits(root, {"train": num_train, "val": num_val}, render, info=info, categories=coco_categories)

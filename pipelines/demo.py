@@ -72,6 +72,34 @@ def make_holdout_split(root: Path, *, num_train: int, num_val: int, seed: int, h
     shutil.rmtree(staging)
 
 
+def demo_run_config(root: Path, *, shards_dir: str, preset: str, name: str, model_name: str, iters: int | None,
+                    minutes: float | None, workers: int, seed: int, tracking_uri: str,
+                    overrides: dict[str, Any] | None = None):  # fmt: skip
+    """A demo's :class:`pipelines.train.TrainRunConfig`: ``preset`` on ``root/shards_dir``, ``workers`` x 4
+    images per step for ``iters`` steps or ``minutes`` (whichever ends first; None: no such limit), one
+    evaluation at the end, checkpoints and Ray's results under ``root/ray_results/name``, the best checkpoint
+    registered as ``model_name`` in the experiment ``mrcnn-demo``."""
+    from pipelines.train import TrainRunConfig
+
+    return TrainRunConfig(
+        data=str(root / shards_dir),
+        preset=preset,
+        workers=workers,
+        batch_size=4,
+        minutes=minutes or 0.0,
+        max_iters=iters or 100_000,
+        overrides=dict(overrides or {}),
+        checkpoint_every=100,
+        eval_every=100_000,  # evaluate once, at the end (each evaluation costs training time)
+        storage_path=str(root / "ray_results"),
+        name=name,
+        tracking_uri=tracking_uri,
+        experiment="mrcnn-demo",
+        model_name=model_name,
+        seed=seed,
+    ).validate()
+
+
 @dataclass(frozen=True)
 class DemoTask:
     """What one demo trains and reports; :func:`run_stages` runs the same six stages for every task.
@@ -182,30 +210,15 @@ def run_demo(
     if not iters and not minutes:
         raise ValueError("demo: give a step budget (iters) or a time budget (minutes)")
     from mrcnn.data.synthetic import make_synthetic_coco
-    from pipelines.train import TrainRunConfig
 
     root = Path(workdir).resolve()
     task = DemoTask(data=f"synthetic shapes, difficulty {difficulty}", metric="segm",
                     make=functools.partial(make_synthetic_coco, difficulty=difficulty))  # fmt: skip
 
-    def run_config(tracking_uri: str) -> TrainRunConfig:
-        return TrainRunConfig(
-            data=str(root / task.shards_dir),
-            preset=preset,
-            workers=workers,
-            batch_size=4,
-            minutes=minutes or 0.0,
-            max_iters=iters or 100_000,
-            overrides=dict(DEMO_OVERRIDES),
-            checkpoint_every=100,
-            eval_every=100_000,  # evaluate once, at the end (each evaluation costs training time)
-            storage_path=str(root / "ray_results"),
-            name="demo",
-            tracking_uri=tracking_uri,
-            experiment="mrcnn-demo",
-            model_name="mrcnn-demo",
-            seed=seed,
-        )
+    def run_config(tracking_uri: str):
+        return demo_run_config(root, shards_dir=task.shards_dir, preset=preset, name="demo", model_name="mrcnn-demo",
+                               iters=iters, minutes=minutes, workers=workers, seed=seed, tracking_uri=tracking_uri,
+                               overrides=DEMO_OVERRIDES)  # fmt: skip
 
     return run_stages(task, root, run_config, num_train=num_train, num_val=num_val, seed=seed,
                       budget=budget_text(iters, minutes), ray_address=ray_address)  # fmt: skip

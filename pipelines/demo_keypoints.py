@@ -58,24 +58,10 @@ def train_run_config(root: Path, *, iters: int | None = DEMO_ITERS, minutes: flo
     """The demo's :class:`pipelines.train.TrainRunConfig`: :data:`PRESET` on ``root/houses-shards``,
     ``workers`` x 4 images per step for ``iters`` steps or ``minutes`` (whichever ends first; None: no such
     limit), one evaluation at the end, the best checkpoint registered as :data:`MODEL_NAME`."""
-    from pipelines.train import TrainRunConfig
+    from pipelines.demo import demo_run_config
 
-    return TrainRunConfig(
-        data=str(root / SHARDS_DIR),
-        preset=PRESET,
-        workers=workers,
-        batch_size=4,
-        minutes=minutes or 0.0,
-        max_iters=iters or 100_000,
-        checkpoint_every=100,
-        eval_every=100_000,  # evaluate once, at the end (each evaluation costs training time)
-        storage_path=str(root / "ray_results"),
-        name="demo-keypoints",
-        tracking_uri=tracking_uri,
-        experiment="mrcnn-demo",
-        model_name=MODEL_NAME,
-        seed=seed,
-    ).validate()
+    return demo_run_config(root, shards_dir=SHARDS_DIR, preset=PRESET, name="demo-keypoints", model_name=MODEL_NAME,
+                           iters=iters, minutes=minutes, workers=workers, seed=seed, tracking_uri=tracking_uri)
 
 
 def run_keypoint_demo(

@@ -118,8 +118,11 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch.load raises many types on a file that is not a checkpoint
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path}: not a readable checkpoint ({reason[:200]})") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if isinstance(exc, KeyError) or not reason:  # the unpickler's lookup of an opcode byte: "KeyError(101)"
+            reason = f"{type(exc).__name__} {reason}".strip()
+        raise CheckpointError(f"checkpoint {path}: not a readable checkpoint: not a file torch.save wrote, or it is "
+                              f"damaged (torch.load: {reason[:200]})") from None  # fmt: skip
 
 
 def torchvision_coco_categories() -> CategoryMap:

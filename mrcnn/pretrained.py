@@ -337,11 +337,10 @@ def _check_architecture(target: dict[str, Tensor], state: dict[str, Tensor], whe
             problems.append(f"the source has no {label}")
         elif model_names != source_names:
             only_model, only_source = sorted(model_names - source_names), sorted(source_names - model_names)
-            problems.append(
-                f"its {label} has another layout ({len(only_model)} of the model's {len(model_names)} tensors not in "
-                f"the source, e.g. {only_model[:2]}; {len(only_source)} source tensors not in the model, "
-                f"e.g. {only_source[:2]})"
-            )
+            sides = [f"{len(only_model)} of the model's {len(model_names)} tensors not in the source, e.g. {only_model[:2]}"
+                     if only_model else "",
+                     f"{len(only_source)} source tensors not in the model, e.g. {only_source[:2]}" if only_source else ""]  # fmt: skip
+            problems.append(f"its {label} has another layout ({'; '.join(side for side in sides if side)})")
     if problems:
         raise CheckpointError(f"{where}: another architecture: {'; '.join(problems)}")
 

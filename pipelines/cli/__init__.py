@@ -138,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     images, a failed variant or job), 2 an error (printed as one ``mrcnn: error: ...`` line), 130 interrupted."""
     from pipelines.common.logs import library_warnings_to_file
 
+    # MLflow, when this process imports it, leaves its loggers to us: library_warnings_to_file sends its INFO
+    # lines to the log file (otherwise it installs a console handler of its own at import).
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     args = build_parser().parse_args(argv)
     try:
         _check_args(args)

@@ -18,7 +18,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--preset", help="model preset (default r18_fpn_small)")
     add_overrides_option(p, "config override, e.g. model.box_head.pooler=roi_pool")
     p.add_argument("--workers", type=int, help="Ray Train workers")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL, SyncBN")
+    p.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
+                   help="one GPU per worker, NCCL, SyncBN; --no-gpu trains on CPUs whatever the config says")  # fmt: skip
     p.add_argument("--cpus-per-worker", type=float)
     p.add_argument("--gpus-per-worker", type=float)
     p.add_argument("--amp", choices=["none", "bf16", "fp16"])
@@ -71,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pipelines.train import TrainRunConfig, train
 
     flags = {
-        "data": args.data, "preset": args.preset, "workers": args.workers, "use_gpu": args.gpu or None,
+        "data": args.data, "preset": args.preset, "workers": args.workers, "use_gpu": args.gpu,
         "cpus_per_worker": args.cpus_per_worker, "gpus_per_worker": args.gpus_per_worker, "amp": args.amp,
         "batch_size": args.batch_size, "max_iters": args.max_iters, "minutes": args.minutes,
         "eval_every": args.eval_every, "checkpoint_every": args.checkpoint_every, "storage_path": args.storage_path,

@@ -234,11 +234,16 @@ def _is_own_code(filename: str) -> bool:
     return os.path.abspath(filename).startswith(_OWN_CODE)
 
 
+# Libraries whose INFO lines are theirs, not the user's: MLflow's ("Creating initial MLflow database tables...").
+LIBRARY_LOGGERS = ("mlflow", "alembic")
+
+
 @contextmanager
 def library_warnings_to_file() -> Iterator[None]:
     """For the ``with`` block, Python warnings raised from code outside ``mrcnn/``, ``pipelines/`` and
     ``jobs/`` are written to the log file instead of the console (which warnings are shown at all stays
-    up to the warning filters); this project's own warnings are shown as before."""
+    up to the warning filters); this project's own warnings are shown as before. The loggers of
+    :data:`LIBRARY_LOGGERS` write to the log file from INFO up and to the console only from WARNING up."""
     shown = warnings.showwarning
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
@@ -251,8 +256,23 @@ def library_warnings_to_file() -> Iterator[None]:
         _file_handler().handle(record)
 
     warnings.showwarning = showwarning
+    saved = []
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        consoles = {handler: handler.level for handler in _console_handlers(logger)}
+        for handler in consoles:
+            handler.setLevel(max(handler.level, logging.WARNING))
+        saved.append((logger, logger.level, consoles))
+        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+            logger.setLevel(logging.INFO)
+        logger.addHandler(_to_file)
     try:
         yield
     finally:
         if warnings.showwarning is showwarning:
             warnings.showwarning = shown
+        for logger, level, consoles in saved:
+            logger.removeHandler(_to_file)
+            logger.setLevel(level)
+            for handler, handler_level in consoles.items():
+                handler.setLevel(handler_level)

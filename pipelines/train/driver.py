@@ -117,11 +117,30 @@ def check_init_from(run: TrainRunConfig):
     from pipelines.shards import read_categories
     from pipelines.train.model import init_model_from, read_init_source
 
+    from mrcnn.checkpoint import CheckpointError
+
     categories = read_categories(run.data)
     cfg = model_config_for(run, categories)
     source = read_init_source(run.init_from, tracking_uri=run.tracking_uri or None)
-    init_model_from(build_model(cfg), source, categories)
+    try:
+        init_model_from(build_model(cfg), source, categories)
+    except CheckpointError as exc:
+        preset = source_preset(source.description)
+        if preset and preset != run.preset and "another architecture" in str(exc):
+            raise CheckpointError(f"{exc}. The source is preset {preset}, this run's is {run.preset or 'the default'}: "
+                                  f"train with --preset {preset} (run config `preset: {preset}`)") from None  # fmt: skip
+        raise
     return source
+
+
+def source_preset(description: str) -> str | None:
+    """The preset a source was built as, from its description (:func:`mrcnn.pretrained.load_init_source`'s:
+    ``(mrcnn checkpoint, preset NAME, ...)`` or ``(torchvision state dict, NAME layout, ...)``); None if it
+    names none."""
+    import re
+
+    match = re.search(r"\(mrcnn checkpoint, preset ([\w.-]+)|\(torchvision state dict, ([\w.-]+) layout", description)
+    return (match.group(1) or match.group(2)) if match else None
 
 
 @dataclass
@@ -147,7 +166,7 @@ def train(run: TrainRunConfig, *, ray_address: str | None = None, extra_hooks: S
         ValueError: an invalid run config or hook spec, shards that do not fit the model, or an ``init_from``
             model that cannot be read or does not fit (one line naming it, before Ray starts).
     """
-    from pipelines.common.session import ray_session
+    from pipelines.common.session import ray_session, session_is_local
     from pipelines.train.hooks import check_hook_specs
 
     run = run.validate()
@@ -160,8 +179,9 @@ def train(run: TrainRunConfig, *, ray_address: str | None = None, extra_hooks: S
                                       for name in ("data", "storage_path", "backbone_weights")
                                       if getattr(run, name) and "://" not in getattr(run, name)})  # fmt: skip
     init_source = check_init_from(run) if run.init_from else None  # a bad model fails here, before Ray starts
+    local = session_is_local(ray_address)  # a Ray started here has what it has: no autoscaler will add more
     with ray_session(ray_address):
-        return _train(run, hooks, init_source)
+        return _train(run, hooks, init_source, local=local)
 
 
 def _env_hooks() -> list:
@@ -177,7 +197,42 @@ def _env_hooks() -> list:
     return specs
 
 
-def _train(run: TrainRunConfig, hooks: list, init_source) -> TrainResult:
+def check_resources(run: TrainRunConfig, nodes: Sequence[dict[str, float]], *, local: bool) -> str | None:
+    """Whether Ray can place the run's workers, before Ray Train waits for them (it retries forever).
+
+    Args:
+        run: with ``cpus_per_worker`` resolved (> 0).
+        nodes: each alive node's total resources (``{"CPU": 16.0, "GPU": 8.0, ...}``).
+        local: a Ray started by this process, which no autoscaler will grow.
+
+    Returns:
+        None when every worker fits on the nodes there are now; else the shortfall in one line, to print
+        (a cluster, which an autoscaler may grow).
+
+    Raises:
+        ValueError: the shortfall, on a local Ray (the run would wait forever).
+    """
+    need = {"CPU": run.cpus_per_worker, **({"GPU": run.gpus_per_worker} if run.use_gpu else {})}
+    slots = 0
+    for node in nodes:  # workers that fit on each node, packed
+        slots += int(min(node.get(kind, 0.0) / amount for kind, amount in need.items() if amount > 0) + 1e-9)
+    if slots >= run.workers:
+        return None
+    total = {kind: sum(node.get(kind, 0.0) for node in nodes) for kind in need}
+    wants = " + ".join(f"{amount:g} {kind}" for kind, amount in need.items())
+    has = ", ".join(f"{total[kind]:g} {kind}" for kind in need)
+    problem = (f"the run needs {run.workers} workers of {wants} each, and Ray's {len(nodes)} node(s) have {has} "
+               f"(room for {slots})")  # fmt: skip
+    if local:
+        fixes = ["--no-gpu (with --amp none)" if run.use_gpu and total.get("GPU", 0) < run.gpus_per_worker else "",
+                 "a smaller --cpus-per-worker" if run.cpus_per_worker > 1 else "",
+                 "fewer --workers" if run.workers > 1 else ""]  # fmt: skip
+        raise ValueError(f"train: {problem} on this machine; use {' or '.join(f for f in fixes if f)}, "
+                         f"or --address of a cluster that has them")  # fmt: skip
+    return f"[train] {problem} now: Ray Train waits until an autoscaler adds them (Ctrl-C stops)"
+
+
+def _train(run: TrainRunConfig, hooks: list, init_source, *, local: bool = False) -> TrainResult:
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -190,6 +245,9 @@ def _train(run: TrainRunConfig, hooks: list, init_source) -> TrainResult:
     cfg = model_config_for(run, categories)
     if run.cpus_per_worker <= 0:
         run = dataclasses.replace(run, cpus_per_worker=auto_cpus_per_worker(run.workers, use_gpu=run.use_gpu))
+    shortfall = check_resources(run, [node["Resources"] for node in ray.nodes() if node.get("Alive")], local=local)
+    if shortfall:
+        print(shortfall, flush=True)
     train_ds = ray.data.read_parquet(list_shards(join_path(run.data, "train")))
     data_stats = {"train_images": train_ds.count(), "num_classes": categories.num_classes}
     if run.epochs:

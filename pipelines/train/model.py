@@ -30,6 +30,7 @@ def read_init_source(uri: str, *, tracking_uri: str | None = None) -> InitSource
     """
     import tempfile
 
+    from mrcnn.checkpoint import CheckpointError
     from mrcnn.pretrained import load_init_source
     from pipelines.tracking import resolve_model_uri
 
@@ -38,7 +39,10 @@ def read_init_source(uri: str, *, tracking_uri: str | None = None) -> InitSource
             path = resolve_model_uri(uri, tracking_uri=tracking_uri or None, dst_dir=downloads)
         except ValueError as exc:
             raise ValueError(f"init_from: {exc}") from None
-        state, categories, description = load_init_source(path)
+        try:
+            state, categories, description = load_init_source(path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"init_from: {exc}") from None
     if str(path) != uri:
         description = f"{uri}: {description}"
     return InitSource(state=state, categories=categories.to_list(), description=description)

@@ -154,7 +154,7 @@ def test_local_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
 
     launched = []
     monkeypatch.setattr(pipelines.common.session, "ray_session", lambda address=None: contextlib.nullcontext(True))
-    monkeypatch.setattr(pipelines.train.driver, "_train", lambda run, hooks, init_source: launched.append(run))
+    monkeypatch.setattr(pipelines.train.driver, "_train", lambda run, hooks, init_source, **kw: launched.append(run))
     monkeypatch.chdir(tmp_path)
     pipelines.train.train(TrainRunConfig(data="shards", storage_path="runs", backbone_weights="resnet18.pth"))
     pipelines.train.train(TrainRunConfig(data="s3://bucket/shards", storage_path="gs://bucket/runs"))
@@ -162,3 +162,38 @@ def test_local_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
         (str(tmp_path / "shards"), str(tmp_path / "runs"), str(tmp_path / "resnet18.pth")),
         ("s3://bucket/shards", "gs://bucket/runs", ""),
     ]
+
+
+def test_no_gpu_overrides_a_configs_use_gpu(monkeypatch):
+    launched = []
+    monkeypatch.setattr(pipelines.train, "train", lambda run, **kw: launched.append(run) or TrainResult(0, {}, None, None, ""))
+    config = str(ROOT / "configs" / "finetune_r50_fpn.yaml")
+    assert main(["train", "--config", config, "--no-gpu", "--amp", "none", "--cpus-per-worker", "1"]) == 0
+    assert (launched[-1].use_gpu, launched[-1].amp, launched[-1].cpus_per_worker) == (False, "none", 1.0)
+    assert main(["train", "--data", "d", "--gpu"]) == 0
+    assert launched[-1].use_gpu is True
+    assert main(["train", "--data", "d"]) == 0
+    assert launched[-1].use_gpu is False
+
+
+def test_a_run_that_cannot_be_placed_is_refused_on_a_local_ray_and_announced_on_a_cluster():
+    """Ray Train retries a worker group it cannot place forever, silently: the driver checks first."""
+    from pipelines.train.driver import check_resources
+
+    laptop = [{"CPU": 2.0}]
+    gpu_run = TrainRunConfig(data="d", workers=1, use_gpu=True, amp="none", cpus_per_worker=8.0, gpus_per_worker=1.0)
+    with pytest.raises(ValueError, match=r"needs 1 workers of 8 CPU \+ 1 GPU each.*have 2 CPU, 0 GPU.*--no-gpu"):
+        check_resources(gpu_run, laptop, local=True)
+    cpu_run = TrainRunConfig(data="d", workers=1, cpus_per_worker=8.0)
+    with pytest.raises(ValueError, match=r"smaller --cpus-per-worker") as error:
+        check_resources(cpu_run, laptop, local=True)
+    assert "--no-gpu" not in str(error.value)
+    # On a cluster an autoscaler may add nodes: one line to print, no error.
+    line = check_resources(gpu_run, laptop, local=False)
+    assert line.startswith("[train] the run needs") and "autoscaler" in line
+    # Workers are placed whole, node by node: 2 x 3 CPUs fit on two 4-CPU nodes, 3 x 3 do not.
+    nodes = [{"CPU": 4.0}, {"CPU": 4.0}]
+    assert check_resources(TrainRunConfig(data="d", workers=2, cpus_per_worker=3.0), nodes, local=True) is None
+    with pytest.raises(ValueError, match=r"room for 2"):
+        check_resources(TrainRunConfig(data="d", workers=3, cpus_per_worker=3.0), nodes, local=True)
+    assert check_resources(gpu_run, [{"CPU": 16.0, "GPU": 8.0}], local=True) is None

@@ -68,6 +68,19 @@ def test_bad_init_from_gives_one_line_before_ray_starts(dataset_dir, tmp_path, c
 
     err = _cli_error(tmp_path, capsys, data=data, preset="r50_fpn", init_from=str(small_checkpoint))
     assert str(small_checkpoint) in err and "another architecture" in err and "ResNet body has another layout" in err
+    # It names the preset the source was built as (an issue-16-style field report: the README's one-line
+    # fine-tune with a torchvision R50 file and the default preset said only "another architecture").
+    assert err.endswith("The source is preset r18_fpn_small, this run's is r50_fpn: train with --preset r18_fpn_small "
+                        "(run config `preset: r18_fpn_small`)"), err  # fmt: skip
+    torch.save(torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict(),
+               tmp_path / "coco.pth")  # fmt: skip
+    err = _cli_error(tmp_path, capsys, data=data, init_from=str(tmp_path / "coco.pth"))
+    assert "(torchvision state dict, r50_fpn layout" in err and "train with --preset r50_fpn " in err, err
+    assert "e.g. []" not in err  # only the side that differs is described
+
+    (tmp_path / "notes.txt").write_text("not a model")
+    err = _cli_error(tmp_path, capsys, data=data, init_from=str(tmp_path / "notes.txt"))
+    assert err.startswith("mrcnn: error: init_from: checkpoint ") and "not a file torch.save wrote" in err, err
 
     from mlflow.tracking import MlflowClient
 

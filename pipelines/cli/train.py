@@ -8,7 +8,12 @@ import json
 from typing import Any
 
 from pipelines.cli.errors import CLIError
-from pipelines.cli.options import add_cluster_options, add_overrides_option, add_tracking_options, parse_overrides
+from pipelines.cli.options import (
+    add_cluster_options,
+    add_overrides_option,
+    add_tracking_options,
+    parse_overrides,
+)
 
 
 def add_parser(subparsers) -> None:

@@ -20,9 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipelines.train.config import CHECKPOINT_FILE, TrainRunConfig
 
@@ -113,11 +111,10 @@ def check_init_from(run: TrainRunConfig):
         ValueError: one line naming the file or URI and the reason: an unknown model, alias, version or run,
             no such file, not a Mask R-CNN state dict or checkpoint, another architecture, nothing that fits.
     """
+    from mrcnn.checkpoint import CheckpointError
     from mrcnn.modeling import build_model
     from pipelines.shards import read_categories
     from pipelines.train.model import init_model_from, read_init_source
-
-    from mrcnn.checkpoint import CheckpointError
 
     categories = read_categories(run.data)
     cfg = model_config_for(run, categories)

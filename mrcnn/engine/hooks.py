@@ -191,8 +191,9 @@ class Checkpointer(HookBase):
 
 
 class MetricLogger(HookBase):
-    """Writes every step's record and prints a progress line at the first step and every ``period``;
-    at every evaluation writes the validation losses and prints the evaluation's line.
+    """Writes every step's record and prints a progress line at the first step of this launch (1, or the
+    one after a resumed checkpoint), every ``period`` steps and the last of ``max_iters``; at every
+    evaluation writes the validation losses and prints the evaluation's line.
 
     Args:
         write: receives ``({"train/<name>": value}, step)`` for every step's record (``lr``,
@@ -216,6 +217,10 @@ class MetricLogger(HookBase):
         self.prefix = prefix
         self.print_fn = print_fn or (lambda line: print(line, flush=True))
         self._logged_eval = -1
+        self._first = 1
+
+    def before_train(self) -> None:
+        self._first = self.trainer.state.iteration + 1
 
     def after_train(self) -> None:
         self._log_evaluation()
@@ -237,7 +242,7 @@ class MetricLogger(HookBase):
         state, record = self.trainer.state, self.trainer.record
         if self.write is not None:
             self.write({f"train/{k}": v for k, v in record.items() if k != "iteration"}, state.iteration)
-        if self.period and (state.iteration == 1 or state.iteration % self.period == 0):
+        if self.period and (state.iteration in (self._first, self.trainer.max_iters) or state.iteration % self.period == 0):
             rate = state.images_seen / max(state.elapsed_s, 1e-6)
             self.print_fn(f"{self.prefix} iteration {state.iteration}  epoch {state.epoch}  loss {record['loss']:.3f}  "
                           f"lr {record['lr']:.2e}  {rate:.1f} img/s  step {record['step_s']:.2f} s  "

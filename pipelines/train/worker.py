@@ -53,6 +53,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state = RunState(best_metric_name=selection_metric(cfg))
     if resumed is not None:
         _resume(resumed, model, optimizer, scaler, state)
+        if rank == 0:
+            write_line(f"[train] resuming {run.name or 'the run'} from its checkpoint at iteration {state.iteration} "
+                       f"(attempt {state.attempt + 1})")  # fmt: skip
     # Gradients as views of DDP's all-reduce buckets: the reduced buckets are not copied back into every
     # parameter's .grad each step (116 MB for r18_fpn_small, on the very cores that compute on CPU workers).
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"gradient_as_bucket_view": True})

@@ -230,6 +230,12 @@ def test_lr_schedule_and_metric_logger_write_step_and_data_wait_times():
         assert "train/iteration" not in metrics
     assert [line.split()[2] for line in lines] == ["1", "2", "4"]
     assert all(line.startswith("[train] iteration") and " data " in line and " step " in line for line in lines)
+    # period 3 of 5 steps, resumed after step 1: the launch's first step, every 3rd, and the last.
+    lines.clear()
+    resumed = Trainer(model, _loader(1, batch_size=1), optimizer, max_iters=5, state=TrainState(iteration=1))
+    resumed.register_hooks([MetricLogger(None, period=3, print_fn=lines.append)])
+    resumed.train()
+    assert [line.split()[2] for line in lines] == ["2", "3", "5"]
 
 
 def test_early_stopping_after_patience_evaluations_without_a_better_metric():

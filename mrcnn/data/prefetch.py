@@ -119,7 +119,7 @@ class Prefetcher(Generic[T, U]):
                     break
                 if isinstance(leftover, Future):
                     leftover.cancel()
-            feeder.join(timeout=5.0)
+            feeder.join(timeout=1.0)  # a feeder blocked in its source (a Ray iterator at an epoch barrier) is a daemon
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _waited(self, seconds: float) -> None:

@@ -255,7 +255,7 @@ def main() -> None:
               f"{1000 * r['max_wait_s']:.1f} | {100 * r['wait_fraction']:.1f}% | {r['images'] / r['seconds']:.1f} |")  # fmt: skip
     dtypes = compare_dtypes(rows, args.batch, args.augmentation) if args.dtypes and args.augmentation != "none" else {}
     if dtypes:
-        print(f"\nThe collate in the loop's thread, ms per image (best of 3 interleaved rounds):\n")
+        print("\nThe collate in the loop's thread, ms per image (best of 3 interleaved rounds):\n")
         print("| pixels the augmentation moves | ms per image | speed-up |")
         print("|---|---:|---:|")
         for name, ms in dtypes.items():

@@ -244,7 +244,9 @@ def bench_e2e(args, device, rows):
         rows.extend(bench_train_e2e.e2e_rows(bench_train_e2e.e2e_args(args)))
     except Exception as exc:  # noqa: BLE001 (whatever stops the case, the other rows are printed)
         traceback.print_exc()
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        # The first line says where (a worker group), the last one why (the worker's exception).
+        message = " ... ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else ""
         print(f"e2e: failed: {type(exc).__name__}: {message}", flush=True)
 
 

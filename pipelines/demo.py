@@ -122,10 +122,17 @@ class DemoTask:
 
 
 def run_stages(task: DemoTask, root: Path, run_config: Callable[[str], Any], *, num_train: int, num_val: int, seed: int,
-               budget: str, ray_address: str | None) -> dict[str, Any]:  # fmt: skip
+               iters: int | None, minutes: float | None, ray_address: str | None) -> dict[str, Any]:  # fmt: skip
     """The six stages of a demo under ``root`` (a resolved folder): data with an unseen-seed holdout,
-    preprocessing, training (``run_config(tracking_uri)`` gives its :class:`pipelines.train.TrainRunConfig`),
-    overlays from the registered ``best`` model, and the summary, written to ``root/task.summary_file``."""
+    preprocessing, training for ``iters`` steps or ``minutes`` (``run_config(tracking_uri)`` gives its
+    :class:`pipelines.train.TrainRunConfig`), overlays from the registered ``best`` model, and the summary,
+    written to ``root/task.summary_file``.
+
+    Raises:
+        ValueError: neither a step budget nor a time budget, before anything is written.
+    """
+    if not iters and not minutes:
+        raise ValueError("demo: give a step budget (iters) or a time budget (minutes)")
     from mrcnn.predictor import Predictor
     from pipelines.common import ray_session, write_atomic
     from pipelines.preprocess import preprocess_dataset
@@ -151,7 +158,7 @@ def run_stages(task: DemoTask, root: Path, run_config: Callable[[str], Any], *, 
         preprocess_dataset(data_dir, root / task.shards_dir)
 
         run = run_config(tracking_uri)
-        _log(f"3/6 Ray Train: {run.preset}, {run.workers} CPU workers, {budget}")
+        _log(f"3/6 Ray Train: {run.preset}, {run.workers} CPU workers, {budget_text(iters, minutes)}")
         result = train(run)
         main, bbox = prefixed(result.metrics, task.metric), prefixed(result.metrics, "bbox")
         _log(f"4/6 evaluated on the holdout: {label} AP {main.get('AP', float('nan')):.1f}, "
@@ -207,8 +214,6 @@ def run_demo(
     the summary's AP (``segm_AP``, ``_AP50``, ``_AP75``, ``bbox_AP``) is measured, is drawn from seed
     ``seed + HOLDOUT_SEED_OFFSET``.
     """
-    if not iters and not minutes:
-        raise ValueError("demo: give a step budget (iters) or a time budget (minutes)")
     from mrcnn.data.synthetic import make_synthetic_coco
 
     root = Path(workdir).resolve()
@@ -220,5 +225,5 @@ def run_demo(
                                iters=iters, minutes=minutes, workers=workers, seed=seed, tracking_uri=tracking_uri,
                                overrides=DEMO_OVERRIDES)  # fmt: skip
 
-    return run_stages(task, root, run_config, num_train=num_train, num_val=num_val, seed=seed,
-                      budget=budget_text(iters, minutes), ray_address=ray_address)  # fmt: skip
+    return run_stages(task, root, run_config, num_train=num_train, num_val=num_val, seed=seed, iters=iters,
+                      minutes=minutes, ray_address=ray_address)  # fmt: skip

@@ -20,7 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.common.progress import StageLog
 from pipelines.demo import HOLDOUT_SEED_OFFSET
 
 PRESET = "r18_fpn_small_keypoints"  # mrcnn/presets.py: the recipe and where its numbers come from
@@ -31,10 +30,6 @@ MODEL_NAME = "mrcnn-demo-keypoints"
 DEMO_ITERS = 200
 DATA_DIR, SHARDS_DIR, OVERLAYS_DIR = "houses", "houses-shards", "houses-overlays"  # under the working folder
 SUMMARY_FILE = "summary-keypoints.json"
-NUM_OVERLAYS = 6
-
-_log = StageLog("demo")
-
 
 def _houses(out_dir: Path, **splits: int) -> Any:
     """:func:`mrcnn.data.synthetic_keypoints.make_synthetic_keypoints_coco` at :data:`IMAGE_SIZE` px."""
@@ -80,7 +75,7 @@ def run_keypoint_demo(
     The summary's ``keypoints_AP`` (``_AP50``, ``_AP75``) is OKS keypoint AP in percent and ``bbox_AP`` box
     AP, both on the ``num_val`` holdout images drawn from seed ``holdout_seed``.
     """
-    from pipelines.demo import DemoTask, budget_text, run_stages
+    from pipelines.demo import DemoTask, run_stages
 
     root = Path(workdir).resolve()
     task = DemoTask(data=f"synthetic houses (5 keypoints), {IMAGE_SIZE} px", metric="keypoints",
@@ -90,5 +85,5 @@ def run_keypoint_demo(
     return run_stages(task, root,
                       lambda tracking_uri: train_run_config(root, iters=iters, minutes=minutes, workers=workers, seed=seed,
                                                             tracking_uri=tracking_uri),
-                      num_train=num_train, num_val=num_val, seed=seed, budget=budget_text(iters, minutes),
+                      num_train=num_train, num_val=num_val, seed=seed, iters=iters, minutes=minutes,
                       ray_address=ray_address)  # fmt: skip

@@ -105,37 +105,46 @@ def _console_handlers(logger: logging.Logger) -> list[logging.Handler]:
     return [h for h in logger.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
 
 
-class _RayLoggers:
-    """Ray's Python loggers on this driver: their console handlers raised to ERROR, the log file added; undone
-    by :meth:`restore`. :meth:`sweep` may run again (Ray configures some loggers when it starts)."""
+class _LoggersToFile:
+    """The Python loggers of some libraries (``roots`` and their children): the log file added (from INFO up),
+    their console handlers raised to ``console_level``; undone by :meth:`restore`. :meth:`sweep` may run again
+    (Ray configures some loggers when it starts)."""
 
-    def __init__(self) -> None:
+    def __init__(self, roots: tuple[str, ...], console_level: int) -> None:
+        self.roots, self.console_level = roots, console_level
         self.levels: dict[logging.Handler, int] = {}
         self.with_file: list[logging.Logger] = []
+        self.logger_levels: dict[logging.Logger, int] = {}
 
     def sweep(self) -> None:
         handler = _to_file
-        loggers = [logging.getLogger("ray")] + [
+        loggers = [logging.getLogger(root) for root in self.roots] + [
             logger for name, logger in list(logging.root.manager.loggerDict.items())
-            if name.startswith("ray.") and isinstance(logger, logging.Logger)
+            if name.startswith(tuple(root + "." for root in self.roots)) and isinstance(logger, logging.Logger)
         ]  # fmt: skip
         for logger in loggers:
             console = _console_handlers(logger)
             for console_handler in console:
                 if console_handler not in self.levels:
                     self.levels[console_handler] = console_handler.level
-                    console_handler.setLevel(max(console_handler.level, logging.ERROR))
-            if (console or logger.name == "ray") and handler not in logger.handlers:
+                    console_handler.setLevel(max(console_handler.level, self.console_level))
+            if (console or logger.name in self.roots) and handler not in logger.handlers:
                 logger.addHandler(handler)
                 self.with_file.append(logger)
+            if logger.name in self.roots and logger.getEffectiveLevel() > logging.INFO:  # e.g. unconfigured MLflow
+                self.logger_levels.setdefault(logger, logger.level)
+                logger.setLevel(logging.INFO)
 
     def restore(self) -> None:
         for console_handler, level in self.levels.items():
             console_handler.setLevel(level)
         for logger in self.with_file:
             logger.removeHandler(_to_file)
+        for logger, level in self.logger_levels.items():
+            logger.setLevel(level)
         self.levels.clear()
         self.with_file.clear()
+        self.logger_levels.clear()
 
 
 class WorkerLogRouter:
@@ -198,7 +207,7 @@ def ray_logs_to_file() -> Iterator[Any]:
     """
     import ray.data  # noqa: F401  (Ray Data configures its loggers when imported: sweep them too)
 
-    loggers = _RayLoggers()
+    loggers = _LoggersToFile(("ray",), console_level=logging.ERROR)
     loggers.sweep()
 
     from ray._private import worker as ray_worker
@@ -256,23 +265,11 @@ def library_warnings_to_file() -> Iterator[None]:
         _file_handler().handle(record)
 
     warnings.showwarning = showwarning
-    saved = []
-    for name in LIBRARY_LOGGERS:
-        logger = logging.getLogger(name)
-        consoles = {handler: handler.level for handler in _console_handlers(logger)}
-        for handler in consoles:
-            handler.setLevel(max(handler.level, logging.WARNING))
-        saved.append((logger, logger.level, consoles))
-        if logger.level == logging.NOTSET or logger.level > logging.INFO:
-            logger.setLevel(logging.INFO)
-        logger.addHandler(_to_file)
+    loggers = _LoggersToFile(LIBRARY_LOGGERS, console_level=logging.WARNING)
+    loggers.sweep()
     try:
         yield
     finally:
         if warnings.showwarning is showwarning:
             warnings.showwarning = shown
-        for logger, level, consoles in saved:
-            logger.removeHandler(_to_file)
-            logger.setLevel(level)
-            for handler, handler_level in consoles.items():
-                handler.setLevel(handler_level)
+        loggers.restore()
